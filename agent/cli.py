@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from agent import daemon_cli, store_cli
 from dft import cli as dft_cli
 from generators.data import cli as data_cli
 from generators.voxel import cli as voxel_cli
@@ -20,7 +21,15 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for component in (data_cli, voxel_cli, voxel_commands, policies_cli, dft_cli):
+for component in (
+    store_cli,
+    daemon_cli,
+    data_cli,
+    voxel_cli,
+    voxel_commands,
+    policies_cli,
+    dft_cli,
+):
     component.register(app)
 
 

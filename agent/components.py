@@ -1,0 +1,238 @@
+"""The campaign's working parts, built from its configuration: generators, surrogate, filters,
+acquisition policy and DFT backend. The loop talks only to this object, so the seams between
+generators -> policies -> dft stay in one place."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+
+from agent.config import CampaignConfig, GeneratorConfig
+from agent.store import Store
+from generators.candidate import Candidate
+
+
+class ComponentError(ValueError):
+    """A campaign names something that cannot be built (unknown generator, missing file)."""
+
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class GeneratorSlot:
+    """One configured generator: knows how to draw its share of a cycle's candidates."""
+
+    def __init__(self, config: GeneratorConfig):
+        self.config = config
+        self._impl: Any = None
+
+    def _build(self) -> Any:
+        cfg = self.config
+        if cfg.name == "voxel-vae":
+            from generators.voxel.sample import VoxelGenerator
+
+            return VoxelGenerator.load(cfg.checkpoint)
+        if cfg.name == "dataset":
+            from generators.data import load_source, select_cubic
+            from generators.dataset import DatasetGenerator
+
+            source = cfg.options.get("source")
+            if not source:
+                raise ComponentError("generator 'dataset' needs options.source (a CSV/CIF folder)")
+            records, _ = load_source(source)
+            if cfg.options.get("cubic", True):
+                records, _ = select_cubic(records, max_atoms=int(cfg.options.get("max_atoms", 40)))
+            if not records:
+                raise ComponentError(f"generator 'dataset': no usable structures in {source}")
+            return DatasetGenerator(records, rattle=float(cfg.options.get("rattle", 0.0)))
+        raise ComponentError(f"unknown generator {cfg.name!r}: use 'voxel-vae' or 'dataset'")
+
+    @property
+    def impl(self) -> Any:
+        if self._impl is None:
+            self._impl = self._build()
+        return self._impl
+
+    def sample(self, seed: int) -> list[Candidate]:
+        cfg = self.config
+        n = cfg.candidates_per_cycle
+        if cfg.name == "dataset":
+            return self.impl.sample(n, seed=seed)
+        if cfg.mode == "around-base":
+            bases = [_base_structure(b) for b in cfg.base_compounds]
+            out: list[Candidate] = []
+            for i, (base, k) in enumerate(zip(bases, _split(n, len(bases)), strict=True)):
+                out += self.impl.sample_around(base, k, seed=seed * 31 + i)
+            return out
+        out = []
+        for decile, k in zip(cfg.deciles, _split(n, len(cfg.deciles)), strict=True):
+            out += self.impl.sample_random(k, decile, seed=seed * 31 + decile)
+        return out
+
+
+def _base_structure(spec: str) -> Structure:
+    """A base compound: a CIF/POSCAR path, or a formula looked up among the shipped perovskite
+    prototypes (cubic ABX3 with the B site at the centre)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return Structure.from_file(path)
+    from pymatgen.core import Composition, Lattice
+
+    comp = Composition(spec)
+    if len(comp) == 3 and comp.num_atoms == 5:
+        # ideal cubic perovskite: the element with 3 atoms is X, the smaller cation sits at B
+        x = next(el for el, n in comp.items() if n == 3)
+        a_el, b_el = sorted(
+            (el for el in comp if el != x), key=lambda el: -(el.atomic_radius or 1.5)
+        )
+        return Structure(
+            Lattice.cubic(3.9),
+            [a_el, b_el, x, x, x],
+            [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+        )
+    raise ComponentError(f"base compound {spec!r}: give a structure file for non-ABX3 compounds")
+
+
+class Components:
+    def __init__(self, config: CampaignConfig, backend: Any = None):
+        self.config = config
+        self.generators = [GeneratorSlot(g) for g in config.generators]
+        self._backend = backend
+        self._surrogate: Any = None
+        self.surrogate_version: str | None = None
+        self._policy: Any = None
+
+    # -- generation ----------------------------------------------------------------------
+    def generate(self, seed: int) -> list[Candidate]:
+        out: list[Candidate] = []
+        for i, slot in enumerate(self.generators):
+            out += slot.sample(seed * 7 + i)
+        return out
+
+    # -- surrogate -----------------------------------------------------------------------
+    def refresh_surrogate(self, store: Store, campaign: str) -> str:
+        """Use the campaign's deployed model (after a retraining passed the gate)."""
+        doc = store.deployed_model(campaign, "surrogate")
+        version = doc["version"] if doc else "shipped-default"
+        if self._surrogate is None or version != self.surrogate_version:
+            from agent.retrain import load_deployed
+
+            self._surrogate, _ = load_deployed(store, campaign)
+            self.surrogate_version = version
+        return version
+
+    @property
+    def surrogate(self) -> Any:
+        if self._surrogate is None:
+            from policies.surrogate import load_default
+
+            self._surrogate = load_default()
+            self.surrogate_version = "shipped-default"
+        return self._surrogate
+
+    def predict(self, structures: Sequence[Structure], embeddings: bool = False) -> Any:
+        return self.surrogate.predict(structures, embeddings=embeddings)
+
+    @staticmethod
+    def prediction_summary(predictions: Any, index: int) -> dict[str, dict[str, float | None]]:
+        def finite(x: float) -> float | None:
+            x = float(x)
+            return x if math.isfinite(x) else None
+
+        return {
+            prop: {"mean": finite(mean[index]), "std": finite(std[index])}
+            for prop, (mean, std) in predictions.items()
+        }
+
+    # -- filters -------------------------------------------------------------------------
+    @staticmethod
+    def known_structures(store: Store, campaign: str, exclude_cycle: int) -> list[Structure]:
+        """Structures the campaign already holds (earlier cycles), for the novelty filter."""
+        docs = store.find_candidates(
+            campaign,
+            ("pooled", "selected", "submitted", "running", "completed", "failed"),
+            extra={"cycle": {"$ne": exclude_cycle}},
+            projection={"structure": 1},
+        )
+        return [Store.structure_of(d) for d in docs]
+
+    def screen(
+        self,
+        docs: Sequence[dict],
+        structures: Sequence[Structure],
+        predictions: Any,
+        known: Sequence[Structure],
+    ) -> dict[str, dict[str, str]]:
+        """candidate id -> {filter step: reason} ({} = passed every step)."""
+        from policies.filters import build_funnel
+
+        candidates = [
+            Candidate(
+                structure=s, provenance=d.get("provenance") or {"generator": "?"}, id=d["_id"]
+            )
+            for d, s in zip(docs, structures, strict=True)
+        ]
+        funnel = build_funnel(
+            self.config.filters.model_dump(), known=known, objective=self.config.objective.property
+        )
+        result = funnel.run(candidates, predictions)
+        return {c.id: result.reasons.get(c.id, {}) for c in candidates}
+
+    # -- selection -----------------------------------------------------------------------
+    def select(
+        self, structures: Sequence[Structure], n: int, best: float | None, seed: int
+    ) -> tuple[np.ndarray, list[int]]:
+        """Scores for the whole pool and the indices of the `n` picked."""
+        from policies.acquisition import make_objective, make_policy
+
+        acq = self.config.acquisition
+        objective = make_objective(self.config.objective.model_dump())
+        policy = make_policy(
+            acq.policy, objective=objective, diversity=acq.diversity, seed=seed, **acq.params
+        )
+        predictions = self.predict(structures, embeddings=acq.diversity)
+        scores = np.asarray(policy.score(None, predictions, best=best), dtype=float)
+        picks = list(policy.select(predictions, n, best=best))
+        return scores, picks
+
+    # -- DFT -----------------------------------------------------------------------------
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            from dft.backends import get_backend
+
+            kwargs = (
+                {"concurrency": self.config.dft.max_concurrent}
+                if self.config.dft.backend == "local"
+                else {}
+            )
+            self._backend = get_backend(self.config.dft.backend, **kwargs)
+        return self._backend
+
+    def dft_overrides(self) -> dict[str, Any]:
+        dft = self.config.dft
+        overrides: dict[str, Any] = {
+            "pseudo_family": dft.pseudo_family,
+            "kpoint_density": dft.kpoint_density,
+            "walltime_s": dft.max_seconds,
+        }
+        if dft.ecutwfc != "auto":
+            overrides["ecutwfc"] = float(dft.ecutwfc)
+        return overrides
+
+    def flow(self, structure: Structure, candidate_id: str) -> Any:
+        from dft.makers import relax_candidate
+
+        return relax_candidate(
+            structure,
+            candidate_id=candidate_id,
+            prerelax=self.config.dft.chgnet_prerelax,
+            settings_overrides=self.dft_overrides(),
+        )

@@ -1,0 +1,136 @@
+"""CLI: run, stop and retrain campaigns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def _load(config_path: Path):
+    from agent.config import CampaignConfig, ConfigError
+
+    try:
+        return CampaignConfig.from_yaml(config_path)
+    except (ConfigError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def run(
+    config_path: Path = typer.Argument(..., help="campaign YAML (`crystalloop init` writes one)"),
+    detach: bool = typer.Option(False, "--detach", help="run in the background, log to a file"),
+) -> None:
+    """Run a discovery campaign until its budget or stopping rule; resumes where it left off.
+
+    Each cycle: generate candidates -> predict -> filter -> select -> submit DFT -> harvest
+    results -> update the hull -> retrain when due. Stop with Ctrl-C or `crystalloop stop`;
+    a killed daemon resumes from the store on the next `run`.
+    """
+    config = _load(config_path)
+    if detach:
+        from agent.daemon import detach as start
+
+        pid, log = start(config_path, config.name)
+        console.print(f"campaign [bold]{config.name}[/bold] running as pid {pid}; log: {log}")
+        console.print("watch it with `crystalloop status`, stop it with `crystalloop stop`")
+        return
+    from agent.daemon import run_campaign
+    from agent.store import LockHeld, StoreUnavailable
+
+    def report(message: str) -> None:
+        console.log(message)
+
+    try:
+        summary = run_campaign(config, report=report)
+    except LockHeld as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3) from exc
+    except StoreUnavailable as exc:
+        console.print(f"[red]store unavailable:[/red] {exc}; nothing was lost, run again later")
+        raise typer.Exit(4) from exc
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items() if v)
+    console.print(
+        f"\n[bold]{summary['campaign']}[/bold]: {summary['state']} after cycle {summary['cycle']};"
+        f" candidates: {counts}; surrogate: {summary['model'] or 'shipped default'}"
+    )
+    if summary["best"]:
+        table = Table(title="DFT results (best first)")
+        for col in ("formula", "E_f DFT (eV/atom)", "E_f predicted", "E above hull"):
+            table.add_column(col)
+        for b in summary["best"]:
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            table.add_row(
+                b["formula"],
+                fmt(b["formation_energy_per_atom"]),
+                fmt(b["predicted"]),
+                fmt(b["e_above_hull"]),
+            )
+        console.print(table)
+        on_hull = [b["formula"] for b in summary["best"] if (b["e_above_hull"] or 1) <= 1e-6]
+        if on_hull:
+            console.print(f"on the convex hull of this campaign: {', '.join(on_hull)}")
+
+
+def stop(
+    campaign: str = typer.Argument(..., help="campaign name"),
+    uri: str | None = typer.Option(None, help="mongodb:// URI (default: env or embedded store)"),
+    database: str | None = typer.Option(None, help="database name"),
+) -> None:
+    """Stop a running campaign gracefully: it finishes its current step and exits."""
+    from agent.daemon import request_stop
+    from agent.store import Store
+
+    with Store.connect(uri, database=database) as store:
+        try:
+            console.print(request_stop(store, campaign))
+        except KeyError as exc:
+            console.print(f"[red]error:[/red] {exc.args[0]}")
+            raise typer.Exit(1) from exc
+
+
+def retrain(
+    campaign: str = typer.Argument(..., help="campaign name"),
+    uri: str | None = typer.Option(None, help="mongodb:// URI (default: env or embedded store)"),
+    database: str | None = typer.Option(None, help="database name"),
+) -> None:
+    """Fine-tune the campaign's surrogate on its DFT results now (validation-gated)."""
+    from agent.retrain import retrain as do_retrain
+    from agent.store import Store
+
+    with Store.connect(uri, database=database) as store:
+        n = store.count_calculations(campaign, "completed")
+        if n < 2:
+            console.print(f"[red]error:[/red] campaign {campaign!r} has {n} DFT results; need >= 2")
+            raise typer.Exit(1)
+        with console.status(f"fine-tuning on {n} DFT results ..."):
+            version = f"manual-{n:05d}"
+            store.register_model(
+                campaign,
+                version,
+                kind="surrogate",
+                training_size=n,
+                holdout_metrics={},
+                state="training",
+            )
+            result = do_retrain(store, campaign, version)
+    verdict = "deployed" if result["deployed"] else "kept the current model (new one is worse)"
+    console.print(
+        f"{result['version']}: hold-out MAE old {result['old'].get('mae')} -> new "
+        f"{result['new'].get('mae')} eV/atom: {verdict}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("stop")(stop)
+    app.command("retrain")(retrain)
