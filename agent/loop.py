@@ -271,6 +271,7 @@ class CampaignRunner:
             status = backend.poll(doc["_id"])
             if status.state == "running" and doc["status"] == "submitted":
                 self.store.transition(doc["_id"], "submitted", "running")
+                checkpoint("dft_running")
             elif status.state == "completed":
                 result = backend.result(doc["_id"])
                 self._store_result(doc, result)

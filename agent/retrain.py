@@ -14,6 +14,7 @@ import io
 import os
 import subprocess
 import sys
+import zlib
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,9 @@ class RetrainManager:
         self.store.c["models"].update_one({"_id": model_id}, {"$set": {"pid": self._process.pid}})
         self.store.update_campaign(self.name, retrained_at_results=n_results)
         self.store.log_event(self.name, "retrain_started", version=version, n_results=n_results)
+        from agent.faults import checkpoint
+
+        checkpoint("retrain_started")
         return version
 
     def poll(self) -> None:
@@ -95,6 +99,14 @@ class RetrainManager:
                 self.start(doc["version"], int(doc.get("training_size", 0)))
 
 
+def holdout_split(n: int, fraction: float, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(hold-out, train) indices; reproducible from `key` so a restarted trainer agrees."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    n_hold = min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
+    order = rng.permutation(n)
+    return order[:n_hold], order[n_hold:]
+
+
 def dft_training_set(store: Store, campaign: str) -> tuple[list, dict[str, np.ndarray], list[str]]:
     calcs = store.find_calculations(campaign, "completed", sort=[("_id", 1)])
     from pymatgen.core import Structure
@@ -102,7 +114,7 @@ def dft_training_set(store: Store, campaign: str) -> tuple[list, dict[str, np.nd
     structures = [Structure.from_dict(c["structure"]) for c in calcs]
     targets = {
         "formation_energy_per_atom": np.array([c["formation_energy_per_atom"] for c in calcs]),
-        "energy_per_atom": np.array([c["energy_per_atom"] for c in calcs]),
+        "energy_per_atom": np.array([c.get("energy_per_atom", np.nan) for c in calcs], float),
     }
     return structures, targets, [c["_id"] for c in calcs]
 
@@ -132,11 +144,9 @@ def retrain(store: Store, campaign: str, version: str) -> dict[str, Any]:
     config = CampaignConfig.model_validate(doc["config"])
     cfg = config.retraining
     structures, targets, ids = dft_training_set(store, campaign)
-    rng = np.random.default_rng(abs(hash(version)) % 2**32)
     n = len(structures)
-    n_hold = min(n - 1, max(1, round(cfg.holdout_fraction * n))) if n > 1 else 0
-    order = rng.permutation(n)
-    hold, train = order[:n_hold], order[n_hold:]
+    hold, train = holdout_split(n, cfg.holdout_fraction, f"{campaign}:{version}")
+    n_hold = len(hold)
     key = "formation_energy_per_atom"
 
     old, old_doc = load_deployed(store, campaign)

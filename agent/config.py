@@ -1,0 +1,269 @@
+"""A campaign is one YAML file, validated in full before anything touches the store.
+
+Every section forbids unknown keys, so a typo (``bach_size``) is an error naming the field,
+not a silently ignored setting. ``CampaignConfig.from_yaml`` raises ``ConfigError`` with one
+line per problem (``dft.ecutwfc: ...``); callers print it and write nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROPERTIES = (
+    "formation_energy_per_atom",
+    "e_above_hull",
+    "band_gap",
+    "bulk_modulus",
+    "shear_modulus",
+    "poisson_ratio",
+    "refractive_index",
+    "dielectric_constant",
+    "energy_per_atom",
+)
+Property = Literal[
+    "formation_energy_per_atom",
+    "e_above_hull",
+    "band_gap",
+    "bulk_modulus",
+    "shear_modulus",
+    "poisson_ratio",
+    "refractive_index",
+    "dielectric_constant",
+    "energy_per_atom",
+]
+
+TEMPLATE = Path(__file__).with_name("campaign_template.yaml")
+
+
+class ConfigError(ValueError):
+    """A campaign file that cannot be used; the message names every offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Objective(_Section):
+    """What the campaign looks for. ``minimise``: the lowest DFT value of ``property`` (a new
+    campaign best is a discovery); ``window``: values inside [min, max] (each new DFT result
+    inside the window is a discovery)."""
+
+    goal: Literal["minimise", "window"] = "minimise"
+    property: Property = "formation_energy_per_atom"
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Objective:
+        if self.goal == "window":
+            if self.min is None and self.max is None:
+                raise ValueError("a window objective needs min and/or max")
+            if self.min is not None and self.max is not None and self.min >= self.max:
+                raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        elif self.min is not None or self.max is not None:
+            raise ValueError("min/max only apply to goal: window")
+        return self
+
+
+class GeneratorConfig(_Section):
+    """One generator and how it samples each cycle."""
+
+    name: str = Field("voxel-vae", min_length=1)
+    candidates_per_cycle: int = Field(1000, ge=1, le=1_000_000)
+    mode: Literal["random-per-decile", "around-base"] = "random-per-decile"
+    condition_property: Property = "formation_energy_per_atom"
+    deciles: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    base_compounds: list[str] = Field(
+        default_factory=list, description="formulas (e.g. SrTiO3) or CIF paths"
+    )
+    checkpoint: str | None = Field(None, description="model version or path; None = shipped")
+    options: dict[str, Any] = Field(default_factory=dict, description="generator-specific")
+
+    @field_validator("deciles")
+    @classmethod
+    def _deciles(cls, value: list[int]) -> list[int]:
+        bad = [d for d in value if not 0 <= d <= 9]
+        if bad:
+            raise ValueError(f"deciles are 0..9, got {bad}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _base(self) -> GeneratorConfig:
+        if self.mode == "around-base" and not self.base_compounds:
+            raise ValueError("mode around-base needs base_compounds (formulas or CIF paths)")
+        if self.mode == "random-per-decile" and not self.deciles:
+            raise ValueError("mode random-per-decile needs at least one decile")
+        return self
+
+
+class Filters(_Section):
+    """The funnel between generation and the pool. ``None`` / ``false`` turns a step off."""
+
+    min_distance: float | None = Field(0.5, gt=0, le=5, description="Angstrom; None = off")
+    charge_balance: bool = True
+    stoichiometry: bool = True
+    novelty: bool = True
+    batch_duplicates: bool = True
+    property_window: float | None = Field(
+        0.2, gt=0, le=10, description="fraction around the base's value; None = off"
+    )
+
+
+class Acquisition(_Section):
+    """Which policy scores the pool, with its parameters (e.g. kappa for UCB/LCB)."""
+
+    policy: Literal["random", "greedy", "lcb", "ucb", "ei", "thompson", "max-uncertainty"] = "lcb"
+    params: dict[str, float] = Field(default_factory=lambda: {"kappa": 1.0})
+    diversity: bool = True
+
+
+class DFTConfig(_Section):
+    """Quantum ESPRESSO relaxations of the selected candidates."""
+
+    backend: Literal["local", "fireworks"] = "local"
+    pseudo_family: Literal["pseudodojo-pbe-standard", "sg15"] = "pseudodojo-pbe-standard"
+    ecutwfc: float | Literal["auto"] = Field("auto", description="Ry, or auto from pseudo hints")
+    kpoint_density: float = Field(1000.0, gt=0, description="k-points per reciprocal atom")
+    max_concurrent: int = Field(2, ge=1, le=256)
+    chgnet_prerelax: bool = True
+    max_seconds: float = Field(7200.0, gt=0, description="wall-time limit per pw.x job")
+    calculation: Literal["vc-relax", "relax", "scf"] = "vc-relax"
+
+    @field_validator("ecutwfc")
+    @classmethod
+    def _ecut(cls, value: float | str) -> float | str:
+        if value != "auto" and not 5 < float(value) <= 400:
+            raise ValueError("ecutwfc must be 'auto' or a cutoff in Ry in (5, 400]")
+        return value
+
+    def settings_overrides(self) -> dict[str, Any]:
+        """The matching ``dft.settings.DFTSettings`` fields, for ``DFTSettings(**...)``."""
+        overrides: dict[str, Any] = {
+            "pseudo_family": self.pseudo_family,
+            "kpoint_density": self.kpoint_density,
+            "concurrency": self.max_concurrent,
+            "walltime_s": self.max_seconds,
+        }
+        if self.ecutwfc != "auto":
+            overrides["ecutwfc"] = float(self.ecutwfc)
+        return overrides
+
+
+class Budgets(_Section):
+    max_dft_calculations: int = Field(50, ge=1)
+    max_wall_time: float | None = Field(None, gt=0, description="seconds for the whole campaign")
+
+
+class Retraining(_Section):
+    """Fine-tune the surrogate every N new DFT results; deploy only if not worse on hold-out."""
+
+    enabled: bool = True
+    every_n_results: int = Field(20, ge=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    min_improvement: float = Field(
+        0.0, ge=0, description="required drop of hold-out MAE; 0 = not-worse gate"
+    )
+    update_deciles: bool = True
+
+
+class Stopping(_Section):
+    """Stop when the budget is spent, or after ``patience`` cycles without a discovery."""
+
+    max_cycles: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+
+
+class StoreConfig(_Section):
+    uri: str | None = Field(None, description="mongodb://...; None = env or embedded store")
+    database: str = Field("crystalloop", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("uri must start with mongodb:// or mongodb+srv://")
+        return value
+
+
+class CampaignConfig(_Section):
+    """The whole campaign: see ``crystalloop init`` for a commented example."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    objective: Objective = Field(default_factory=Objective)
+    generators: list[GeneratorConfig] = Field(default_factory=lambda: [GeneratorConfig()])
+    filters: Filters = Field(default_factory=Filters)
+    acquisition: Acquisition = Field(default_factory=Acquisition)
+    batch_size: int = Field(4, ge=1, le=10_000)
+    dft: DFTConfig = Field(default_factory=DFTConfig)
+    budgets: Budgets = Field(default_factory=Budgets)
+    retraining: Retraining = Field(default_factory=Retraining)
+    stopping: Stopping = Field(default_factory=Stopping)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    seed: int = 0
+
+    @field_validator("generators")
+    @classmethod
+    def _generators(cls, value: list[GeneratorConfig]) -> list[GeneratorConfig]:
+        if not value:
+            raise ValueError("at least one generator is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignConfig:
+        if self.batch_size > self.budgets.max_dft_calculations:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) exceeds budgets.max_dft_calculations "
+                f"({self.budgets.max_dft_calculations})"
+            )
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CampaignConfig:
+        """Read and validate a campaign file; ``ConfigError`` names every bad field."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: no such campaign file") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "campaign") -> CampaignConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_errors(exc, source)) from None
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON-safe form stored with the campaign."""
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """A short hash of the settings, to notice a changed file on restart."""
+        text = json.dumps(self.to_document(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (typo?)"
+        # cross-field checks have no location; their message starts with the field name
+        lines.append(f"  {where}: {message}" if where else f"  {message}")
+    count = len(lines)
+    head = f"{source}: {count} invalid setting{'s' if count > 1 else ''}"
+    return "\n".join([head, *lines])
