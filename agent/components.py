@@ -163,6 +163,14 @@ class Components:
         )
         return [Store.structure_of(d) for d in docs]
 
+    def base_compound(self) -> Structure | None:
+        """The first base compound of an around-base generator: the stoichiometry and property
+        window filters compare candidates with it."""
+        for g in self.config.generators:
+            if g.mode == "around-base" and g.base_compounds:
+                return _base_structure(g.base_compounds[0])
+        return None
+
     def screen(
         self,
         docs: Sequence[dict],
@@ -171,35 +179,72 @@ class Components:
         known: Sequence[Structure],
     ) -> dict[str, dict[str, str]]:
         """candidate id -> {filter step: reason} ({} = passed every step)."""
-        from policies.filters import build_funnel
+        from policies import filters as fl
 
+        f = self.config.filters
+        prop = self.config.objective.property
+        steps: list[Any] = []
+        if f.min_distance is not None:
+            steps.append(fl.MinDistanceFilter(f.min_distance))
+        if f.charge_balance:
+            steps.append(fl.ChargeBalanceFilter())
+        if f.stoichiometry:
+            steps.append(fl.StoichiometryFilter())
+        if f.batch_duplicates:
+            steps.append(fl.DuplicateFilter())
+        if f.novelty:
+            steps.append(fl.NoveltyFilter())
+        if f.property_window is not None:
+            steps.append(fl.PropertyWindowFilter(prop, relative=f.property_window))
+        base = self.base_compound()
+        base_properties = {}
+        if base is not None and f.property_window is not None:
+            base_properties = {prop: float(self.predict([base])[prop][0][0])}
         candidates = [
             Candidate(
                 structure=s, provenance=d.get("provenance") or {"generator": "?"}, id=d["_id"]
             )
             for d, s in zip(docs, structures, strict=True)
         ]
-        funnel = build_funnel(
-            self.config.filters.model_dump(), known=known, objective=self.config.objective.property
-        )
-        result = funnel.run(candidates, predictions)
-        return {c.id: result.reasons.get(c.id, {}) for c in candidates}
+        context = fl.FunnelContext(reference=known, base=base, base_properties=base_properties)
+        result = fl.Funnel(steps).run(candidates, predictions, context)
+        verdicts: dict[str, dict[str, str]] = {c.id: {} for c in candidates}
+        for rejection in result.rejections:
+            verdicts[rejection.candidate_id][rejection.step] = rejection.reason
+        return verdicts
 
     # -- selection -----------------------------------------------------------------------
+    def objective(self) -> dict[str, Any]:
+        obj = self.config.objective
+        if obj.goal == "window":
+            low = obj.min if obj.min is not None else -math.inf
+            high = obj.max if obj.max is not None else math.inf
+            return {"property": obj.property, "goal": "window", "window": (low, high)}
+        return {"property": obj.property, "goal": "minimize"}
+
+    def policy(self, seed: int) -> Any:
+        from policies.acquisition import make_policy
+
+        acq = self.config.acquisition
+        params = dict(acq.params)
+        if acq.diversity:
+            return make_policy(
+                "diverse",
+                inner=acq.policy,
+                inner_params=params,
+                objective=self.objective(),
+                seed=seed,
+            )
+        return make_policy(acq.policy, objective=self.objective(), seed=seed, **params)
+
     def select(
         self, structures: Sequence[Structure], n: int, best: float | None, seed: int
     ) -> tuple[np.ndarray, list[int]]:
         """Scores for the whole pool and the indices of the `n` picked."""
-        from policies.acquisition import make_objective, make_policy
-
-        acq = self.config.acquisition
-        objective = make_objective(self.config.objective.model_dump())
-        policy = make_policy(
-            acq.policy, objective=objective, diversity=acq.diversity, seed=seed, **acq.params
-        )
-        predictions = self.predict(structures, embeddings=acq.diversity)
-        scores = np.asarray(policy.score(None, predictions, best=best), dtype=float)
-        picks = list(policy.select(predictions, n, best=best))
+        policy = self.policy(seed)
+        predictions = self.predict(structures, embeddings=self.config.acquisition.diversity)
+        scores = np.asarray(policy.score(None, predictions, best), dtype=float)
+        picks = list(policy.select(None, predictions, n, best))
         return scores, picks
 
     # -- DFT -----------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class _Plan:
         self.params: list[Any] = []
         self.exact = True
         for field, cond in spec.items():
-            if field.startswith("$") or "." in field:
+            if field.startswith("$") or not _NAME.match(field):  # operators, dotted, odd names
                 self.exact = False
                 continue
             if field == "_id":
@@ -537,7 +537,7 @@ class EmbeddedCollection:
     ) -> dict[str, Any] | None:
         updator = Updator(dict(update), None)
         with self._transaction() as conn:
-            docs = list(self._rows(filter, conn=conn))
+            docs = list(self._rows(filter, conn=conn, limit=0 if sort else 1))
             if sort:
                 docs = [w.doc for w in ordering([FieldWalker(d) for d in docs], dict(sort))]
             before = docs[0] if docs else None
@@ -590,7 +590,7 @@ class EmbeddedCollection:
     ) -> Iterator[dict[str, Any]]:
         spec = dict(filter or {})
         sort = list(sort or [])
-        if sort and any("." in f for f, _ in sort):  # BSON order on nested paths: montydb
+        if sort and not all(_NAME.match(f) for f, _ in sort):  # nested paths: montydb order
             docs = [w.doc for w in ordering([FieldWalker(d) for d in self._rows(spec)], dict(sort))]
             docs = docs[skip:]
             docs = docs[: abs(limit)] if limit else docs

@@ -96,14 +96,17 @@ class CampaignLock:
         return release_lock(self.store, self.campaign, self.owner)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                self.heartbeat()
-            except LockLost:
-                self.lost.set()
-                return
-            except Exception:  # store hiccup: the next beat retries; the lease has slack
-                continue
+        try:
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    self.heartbeat()
+                except LockLost:
+                    self.lost.set()
+                    return
+                except Exception:  # store hiccup: the next beat retries; the lease has slack
+                    continue
+        finally:
+            self.store.close_thread()
 
     def __enter__(self) -> CampaignLock:
         self._thread = threading.Thread(

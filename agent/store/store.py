@@ -164,6 +164,12 @@ class Store:
     def close(self) -> None:
         self.client.close()
 
+    def close_thread(self) -> None:
+        """Release what the calling thread holds (the embedded backend's SQLite connection);
+        threads that use the store call it before they end."""
+        if self.backend == "embedded":
+            self.db.close()
+
     def __enter__(self) -> Store:
         return self
 
@@ -208,8 +214,7 @@ class Store:
         """Create the campaign if new (cycle 0, state 'created'); store ``config`` if given."""
         t = now()
         update: dict[str, Any] = {
-            "$setOnInsert": {
-                "_id": name,
+            "$setOnInsert": {  # _id comes from the filter, on both backends
                 "name": name,
                 "created_at": t,
                 "cycle": 0,
