@@ -184,6 +184,10 @@ class Components:
         f = self.config.filters
         prop = self.config.objective.property
         steps: list[Any] = []
+        if f.elements is not None:
+            from policies.chemistry import AllowedElementsFilter
+
+            steps.append(AllowedElementsFilter(f.elements))
         if f.min_distance is not None:
             steps.append(fl.MinDistanceFilter(f.min_distance))
         if f.charge_balance:

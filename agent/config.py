@@ -113,6 +113,21 @@ class Filters(_Section):
     property_window: float | None = Field(
         0.2, gt=0, le=10, description="fraction around the base's value; None = off"
     )
+    elements: list[str] | None = Field(
+        None, description="allowed chemical space, e.g. [Sr, Ba, Ti, Zr, O]; None = any"
+    )
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from pymatgen.core import Element
+
+        bad = [e for e in value if not Element.is_valid_symbol(e)]
+        if bad or not value:
+            raise ValueError(f"not element symbols: {bad}" if bad else "give at least one element")
+        return sorted(set(value))
 
 
 class Acquisition(_Section):

@@ -78,8 +78,7 @@ class RetrainManager:
             cmd += ["--uri", self.config.store.uri]
         cmd += ["--database", self.store.database]
         self._process = subprocess.Popen(cmd, start_new_session=True, env=os.environ.copy())
-        model_id = f"{self.name}:{KIND}:{version}"
-        self.store.c["models"].update_one({"_id": model_id}, {"$set": {"pid": self._process.pid}})
+        self.store.update_model(f"{self.name}:{KIND}:{version}", pid=self._process.pid)
         self.store.update_campaign(self.name, retrained_at_results=n_results)
         self.store.log_event(self.name, "retrain_started", version=version, n_results=n_results)
         from agent.faults import checkpoint
@@ -202,9 +201,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             result = retrain(store, args.campaign, args.version)
         except Exception as exc:
-            store.c["models"].update_one(
-                {"_id": f"{args.campaign}:{KIND}:{args.version}"},
-                {"$set": {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}},
+            store.update_model(
+                f"{args.campaign}:{KIND}:{args.version}",
+                state="failed",
+                error=f"{type(exc).__name__}: {exc}",
             )
             store.log_event(args.campaign, "retrain_failed", version=args.version, error=str(exc))
             raise

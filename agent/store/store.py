@@ -297,14 +297,18 @@ class Store:
 
         if isinstance(candidate, Mapping):
             data = dict(candidate)
-        else:
-            data = candidate.model_dump()
-        structure = data.pop("structure")
+            structure = data.pop("structure")
+        else:  # a Candidate: keep its Structure object, dump the rest
+            data = candidate.model_dump(exclude={"structure"})
+            structure = candidate.structure
         if isinstance(structure, Mapping):
             structure = Structure.from_dict(structure)
         cid = str(data.pop("id", None) or data.pop("_id", None) or uuid.uuid4().hex)
         t = now()
+        for reserved in ("campaign", "cycle", "status", "status_times", "created_at"):
+            data.pop(reserved, None)
         return {
+            **data,  # extra fields of a dict candidate; the canonical ones below win
             "_id": cid,
             "campaign": campaign,
             "cycle": int(cycle),
@@ -323,7 +327,6 @@ class Store:
             "status_times": {status: t},
             "transition_id": None,
             "last_transition": None,
-            **data,
         }
 
     def insert_candidates(
