@@ -34,6 +34,7 @@ test: install qe pseudos
 
 demo: install qe pseudos
 	$(BIN)/crystalloop run examples/perovskite-demo.yaml
+	$(BIN)/crystalloop status perovskite-demo
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -265,17 +265,6 @@ class Components:
             self._backend = get_backend(self.config.dft.backend, **kwargs)
         return self._backend
 
-    def dft_overrides(self) -> dict[str, Any]:
-        dft = self.config.dft
-        overrides: dict[str, Any] = {
-            "pseudo_family": dft.pseudo_family,
-            "kpoint_density": dft.kpoint_density,
-            "walltime_s": dft.max_seconds,
-        }
-        if dft.ecutwfc != "auto":
-            overrides["ecutwfc"] = float(dft.ecutwfc)
-        return overrides
-
     def flow(self, structure: Structure, candidate_id: str) -> Any:
         from dft.makers import relax_candidate
 
@@ -283,5 +272,5 @@ class Components:
             structure,
             candidate_id=candidate_id,
             prerelax=self.config.dft.chgnet_prerelax,
-            settings_overrides=self.dft_overrides(),
+            settings_overrides=self.config.dft.settings_overrides(),
         )
