@@ -128,3 +128,13 @@ def test_cif_folder_with_properties(tmp_path: Path, perov_records):
     assert any("no row" in m for m in report.messages)
     with pytest.raises(FileNotFoundError):
         read_cif_folder(tmp_path / "nope")
+
+
+def test_summary_counts_records_per_property(matminer_dir):
+    from generators.data import summarise
+
+    records, _ = read_matminer("elastic_tensor", matminer_dir)
+    result = summarise(records[:50])
+    assert result["n_records"] == 50
+    assert result["property_coverage"]["bulk_modulus"] == 50
+    assert sum(result["crystal_systems"].values()) == 50

@@ -21,7 +21,7 @@ def summarise(records: list[Record], symprec: float = 0.1) -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             systems["unknown"] += 1
         elements.update({el.symbol for el in record.structure.composition})
-        coverage.update(record.properties)
+        coverage.update(record.properties.keys())
         sizes.append(len(record.structure))
     return {
         "n_records": len(records),
