@@ -1,0 +1,1 @@
+"""Shipped surrogate checkpoints (package data; loaded with importlib.resources)."""
