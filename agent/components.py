@@ -246,7 +246,11 @@ class Components:
     ) -> tuple[np.ndarray, list[int]]:
         """Scores for the whole pool and the indices of the `n` picked."""
         policy = self.policy(seed)
-        predictions = self.predict(structures, embeddings=self.config.acquisition.diversity)
+        predictions = self.surrogate.predict(
+            structures,
+            properties=[self.config.objective.property],
+            embeddings=self.config.acquisition.diversity,
+        )
         scores = np.asarray(policy.score(None, predictions, best), dtype=float)
         picks = list(policy.select(None, predictions, n, best))
         return scores, picks
