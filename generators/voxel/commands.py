@@ -1,0 +1,294 @@
+"""CLI: Voxel generator training, sampling and evaluation.
+
+Heavy imports (torch, pymatgen) happen inside the commands so `crystalloop --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+DATA_HELP = (
+    "Training data: a perov_5-style CSV(.gz) with a 'cif' column, 'matminer:NAME' "
+    "(flla_2015|elastic_tensor|dielectric_constant), or a folder of CIFs. Repeat for several. "
+    "Cubic cells are kept; the encoded grids are cached by content hash."
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+def _settings(**overrides):
+    from generators.voxel.train import GeneratorSettings
+
+    return GeneratorSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _load(data: list[str], property_key: str, max_records: int | None):
+    from generators.voxel.train import load_voxel_data
+
+    try:
+        return load_voxel_data(data, property_key=property_key, max_records=max_records)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train unet|vae`, `sample` and `evaluate generator` to the main app."""
+    train_app = typer.Typer(
+        help="Train the voxel generator: first the UNet (segmentation), then the VAE.",
+        no_args_is_help=True,
+    )
+    evaluate_app = typer.Typer(
+        help="Measure trained models against the paper's figures.", no_args_is_help=True
+    )
+
+    @train_app.command("unet")
+    def train_unet_cmd(
+        data: list[str] = typer.Option(..., "--data", "-d", help=DATA_HELP),
+        out: Path = typer.Option(..., "--out", "-o", help="checkpoint to write (.pt)"),
+        epochs: int = typer.Option(None, help="passes over the training split"),
+        lr: float = typer.Option(None, help="learning rate (paper default 3e-6)"),
+        batch: int = typer.Option(None, help="batch size (paper default 10)"),
+        channels: str = typer.Option(None, help="channels per level, e.g. '8,16,32'"),
+        stem_pool: bool = typer.Option(
+            None,
+            "--stem-pool/--no-stem-pool",
+            help="convolve at half resolution and below, full resolution via 1x1 (~5x cheaper)",
+        ),
+        max_minutes: float = typer.Option(None, help="stop cleanly after this wall time"),
+        resume: Path = typer.Option(None, help="continue from this checkpoint"),
+        seed: int = typer.Option(None, help="seed of weights, order and augmentation"),
+        threads: int = typer.Option(None, help="CPU threads (default: all cores)"),
+        val_every: int = typer.Option(None, help="validate every N steps"),
+        max_records: int = typer.Option(None, help="use only the first N records per source"),
+        property_key: str = typer.Option(
+            "formation_energy_per_atom", "--property", help="property kept with the data"
+        ),
+        quiet: bool = typer.Option(False, help="no progress bar"),
+    ) -> None:
+        """Train the 3D UNet that turns a density map into species and occupancy."""
+        from generators.voxel.train import train_unet
+
+        settings = _settings(
+            unet_epochs=epochs,
+            unet_lr=lr,
+            unet_batch=batch,
+            max_minutes=max_minutes,
+            seed=seed,
+            threads=threads,
+            val_every=val_every,
+            property=property_key,
+            unet_channels=_channels(channels),
+            unet_stem_pool=stem_pool,
+        )
+        voxel_data = _load(data, property_key, max_records)
+        try:
+            result = train_unet(
+                voxel_data, out, settings, resume=resume, progress=not quiet, log=console.print
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
+        console.print(f"wrote {result.path} after {result.steps} steps ({result.seconds:.0f} s)")
+
+    @train_app.command("vae")
+    def train_vae_cmd(
+        data: list[str] = typer.Option(..., "--data", "-d", help=DATA_HELP),
+        out: Path = typer.Option(..., "--out", "-o", help="checkpoint to write (.pt)"),
+        unet: Path = typer.Option(
+            None,
+            help="trained UNet checkpoint for the perceptual loss; without it the "
+            "perceptual term is off (a warm-up you can resume later with --unet)",
+        ),
+        epochs: int = typer.Option(None, help="passes over the training split"),
+        lr: float = typer.Option(None, help="learning rate (paper default 1e-4)"),
+        batch: int = typer.Option(None, help="batch size (paper default 20)"),
+        alpha: float = typer.Option(None, help="perceptual weight (paper default 1.0)"),
+        beta: float = typer.Option(None, help="KL weight (paper default 0.0005)"),
+        latent: int = typer.Option(None, help="latent dimension (paper default 256)"),
+        channels: str = typer.Option(None, help="encoder channels per level, e.g. '8,16,32,64,64'"),
+        property_key: str = typer.Option(
+            "formation_energy_per_atom", "--property", help="conditioning property (deciles)"
+        ),
+        max_minutes: float = typer.Option(None, help="stop cleanly after this wall time"),
+        resume: Path = typer.Option(None, help="continue from this checkpoint"),
+        seed: int = typer.Option(None, help="seed of weights, order and augmentation"),
+        threads: int = typer.Option(None, help="CPU threads (default: all cores)"),
+        val_every: int = typer.Option(None, help="validate every N steps"),
+        max_records: int = typer.Option(None, help="use only the first N records per source"),
+        quiet: bool = typer.Option(False, help="no progress bar"),
+    ) -> None:
+        """Train the conditional DFC-VAE (needs the trained UNet for the perceptual loss)."""
+        from generators.voxel.train import train_vae
+
+        settings = _settings(
+            vae_epochs=epochs,
+            vae_lr=lr,
+            vae_batch=batch,
+            alpha=alpha,
+            beta=beta,
+            latent_dim=latent,
+            vae_channels=_channels(channels),
+            property=property_key,
+            max_minutes=max_minutes,
+            seed=seed,
+            threads=threads,
+            val_every=val_every,
+        )
+        voxel_data = _load(data, property_key, max_records)
+        try:
+            result = train_vae(
+                voxel_data,
+                unet,
+                out,
+                settings,
+                resume=resume,
+                progress=not quiet,
+                log=console.print,
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
+        console.print(f"wrote {result.path} after {result.steps} steps ({result.seconds:.0f} s)")
+
+    app.add_typer(train_app, name="train")
+    _register_sampling(app, evaluate_app)
+    app.add_typer(evaluate_app, name="evaluate")
+
+
+def _channels(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"channels must be comma-separated integers, got {text!r}"
+        ) from exc
+    if not values or min(values) < 1:
+        raise typer.BadParameter("channels must be positive")
+    return values
+
+
+def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
+    """`sample` and `evaluate generator`."""
+
+    @app.command("sample")
+    def sample_cmd(
+        out: Path = typer.Option(..., "--out", "-o", help="folder for the CIFs and summary.csv"),
+        n: int = typer.Option(20, "--n", "-n", min=1, help="candidates to generate"),
+        decile: int = typer.Option(
+            None,
+            help="condition decile 0..9 of the model's property (0 = lowest). Random mode "
+            "default: 0; targeted mode default: the base compound's own decile",
+        ),
+        base: Path = typer.Option(
+            None, help="CIF of a base compound: targeted sampling around it (mu + N(0, sigma2))"
+        ),
+        to: Path = typer.Option(None, help="with --base: interpolate from base to this CIF"),
+        sigma2: float = typer.Option(0.5, help="targeted-mode latent variance (paper: 0.5)"),
+        seed: int = typer.Option(None, help="seed of candidate 0 (candidate i uses seed + i)"),
+        model: Path = typer.Option(None, help="model dir or vae.pt (default: shipped model)"),
+        valid_only: bool = typer.Option(False, help="write CIFs of valid candidates only"),
+    ) -> None:
+        """Generate crystals (random, targeted or interpolation) and write CIFs + summary.csv."""
+        import csv
+
+        from pymatgen.core import Structure
+
+        from generators.voxel.sample import VoxelGenerator
+
+        if to is not None and base is None:
+            raise typer.BadParameter("--to needs --base (interpolation goes from base to --to)")
+        try:
+            generator = VoxelGenerator.load(model)
+            if base is None:
+                mode = "random"
+                cands = generator.sample_random(n, 0 if decile is None else decile, seed=seed)
+            else:
+                structures = [_read_cif(p, Structure) for p in (base, to) if p is not None]
+                if to is None:
+                    mode = "targeted"
+                    cands = generator.sample_around(
+                        structures[0], n, sigma2, decile, seed, base_id=base.stem
+                    )
+                else:
+                    mode = "interpolation"
+                    cands = generator.interpolate(structures[0], structures[1], max(n, 2))
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, c in enumerate(cands):
+            name = f"{mode}_{i:04d}_{c.formula if len(c.structure) else 'empty'}"
+            written = ""
+            if len(c.structure) and (c.is_valid or not valid_only):
+                written = f"{name}.cif"
+                c.structure.to(filename=str(out / written))
+            rows.append(
+                {
+                    "index": i,
+                    "id": c.id,
+                    "file": written,
+                    "formula": c.formula if len(c.structure) else "",
+                    "n_sites": len(c.structure),
+                    "a_A": round(c.structure.lattice.a, 4),
+                    "valid": c.is_valid,
+                    "mode": mode,
+                    "decile": (c.provenance.condition or {}).get("decile"),
+                    "seed": c.provenance.seed,
+                    "model_version": c.provenance.model_version,
+                }
+            )
+        with open(out / "summary.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        valid = sum(r["valid"] for r in rows)
+        console.print(f"{len(rows)} {mode} candidates, {valid} valid; wrote {out}/summary.csv")
+
+    @evaluate_app.command("generator")
+    def evaluate_generator_cmd(
+        model: Path = typer.Option(None, help="model dir or vae.pt (default: shipped model)"),
+        data: list[str] = typer.Option(
+            None,
+            "--data",
+            "-d",
+            help="evaluation data (default: the model's training source; its held-out split "
+            "stored in the checkpoint is used)",
+        ),
+        json_out: Path = typer.Option(None, "--json", help="write the figures here"),
+        per_decile: int = typer.Option(100, min=0, help="random samples per decile (0: skip)"),
+        limit: int = typer.Option(None, help="held-out structures to use (default: all; 0: skip)"),
+        seed: int = typer.Option(0, help="sampling seed"),
+        threads: int = typer.Option(None, help="CPU threads (default: all cores)"),
+    ) -> None:
+        """Measure a generator: reconstruction (EMD, lattice MAE, |dN|, recall) and sampling."""
+        from generators.voxel.evaluate import run_evaluation
+
+        try:
+            run_evaluation(
+                str(model) if model else None,
+                data or None,
+                str(json_out) if json_out else None,
+                per_decile,
+                limit,
+                seed,
+                threads,
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
+
+
+def _read_cif(path: Path, structure_cls):
+    if not path.is_file():
+        raise FileNotFoundError(f"no such CIF file: {path}")
+    try:
+        return structure_cls.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a user input problem
+        raise ValueError(f"cannot read {path} as a crystal: {exc}") from exc

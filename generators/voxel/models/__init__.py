@@ -1,0 +1,1 @@
+"""Shipped default checkpoints of the voxel generator (unet.pt, vae.pt) and MODEL_CARD.md."""

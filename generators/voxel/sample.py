@@ -1,0 +1,410 @@
+"""Sampling crystals from the trained voxel generator: latent -> VAE decoder -> UNet -> decode.
+
+Every mode (random, targeted, interpolation) ends in one batched pipeline, `decode_latents`, so
+the daemon gets many candidates per forward pass. Each candidate records the model version, the
+condition, its own RNG seed (one seed per candidate, so any single candidate can be regenerated)
+and its latent vector.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pymatgen.core import Lattice, Structure
+
+from generators.candidate import Candidate, Provenance
+from generators.voxel.settings import VoxelSettings
+from generators.voxel.train import (
+    assign_deciles,
+    build_unet,
+    build_vae,
+    coordinate_channels,
+    load_checkpoint,
+)
+from generators.voxel.vae import one_hot_decile
+
+GENERATOR_NAME = "voxel-vae"
+
+
+def default_model_dir() -> Path:
+    """The shipped default checkpoints (package data of generators.voxel.models)."""
+    return Path(str(resources.files("generators.voxel.models")))
+
+
+@dataclass
+class Generated:
+    """One pass through the pipeline, before wrapping as a Candidate."""
+
+    structure: Structure | None
+    too_close: list[tuple[int, int, float]]
+    lattice: np.ndarray
+    n_sites: int
+    dropped_regions: int
+
+
+class VoxelGenerator:
+    """A trained VAE + UNet pair that turns latent vectors into crystals."""
+
+    def __init__(
+        self,
+        vae_state: dict[str, Any],
+        unet_state: dict[str, Any],
+        voxel_settings: VoxelSettings | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        region_vote: bool = True,
+    ):
+        if vae_state.get("unet_version") not in (None, unet_state["model_version"]):
+            # Allowed (a UNet can be retrained), but the pairing is worth knowing.
+            self.note = (
+                f"VAE was trained with UNet {vae_state['unet_version']}, "
+                f"using {unet_state['model_version']}"
+            )
+        else:
+            self.note = ""
+        self.device = torch.device(device)
+        self.vae = build_vae(vae_state).to(self.device)
+        self.unet = build_unet(unet_state).to(self.device)
+        self.vae_state = vae_state
+        self.unet_state = unet_state
+        self.elements = np.asarray([0, *unet_state["elements"]], dtype=np.int64)
+        self.density_scale = float(vae_state["density_scale"])
+        self.coord_scale = float(vae_state["coord_scale"])
+        self.property: str = vae_state["property"]
+        self.decile_edges = np.asarray(vae_state["decile_edges"], dtype=np.float64)
+        self.n_deciles = int(self.vae.config.n_conditions)
+        self.latent_dim = int(self.vae.config.latent_dim)
+        self.n_grid = int(self.vae.config.n_grid)
+        stored = vae_state.get("voxel") or {}
+        self.voxel_settings = voxel_settings or VoxelSettings(**(stored | {"n_grid": self.n_grid}))
+        if self.voxel_settings.n_grid != self.n_grid:
+            raise ValueError(
+                f"model works on a {self.n_grid}^3 grid, voxel settings say "
+                f"{self.voxel_settings.n_grid}"
+            )
+        self.batch_size = batch_size
+        self.region_vote = region_vote
+        self.model_version = f"vae-{vae_state['model_version']}+unet-{unet_state['model_version']}"
+
+    # ----------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        unet_path: str | Path | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> VoxelGenerator:
+        """Load a generator; `path` None = the shipped default model.
+
+        `path` may be a directory holding vae.pt and unet.pt, or a VAE checkpoint file (its
+        UNet is `unet_path` or the unet.pt beside it).
+        """
+        path = default_model_dir() if path is None else Path(path)
+        if path.is_dir():
+            vae_path, unet_default = path / "vae.pt", path / "unet.pt"
+        else:
+            vae_path, unet_default = path, path.parent / "unet.pt"
+        unet_path = Path(unet_path) if unet_path is not None else unet_default
+        for p, what in ((vae_path, "VAE"), (unet_path, "UNet")):
+            if not p.is_file():
+                raise FileNotFoundError(
+                    f"{what} checkpoint not found: {p}. Train one with "
+                    f"`crystalloop train {'vae' if what == 'VAE' else 'unet'}`, or load the "
+                    "shipped default with VoxelGenerator.load()"
+                )
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(
+            load_checkpoint(vae_path, "vae"),
+            load_checkpoint(unet_path, "unet"),
+            device=device,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------- conditions
+
+    def decile_of(self, value: float) -> int:
+        """The condition class of a property value (edges stored with the model)."""
+        return int(assign_deciles(np.asarray([value]), self.decile_edges)[0])
+
+    def decile_range(self, decile: int) -> tuple[float | None, float | None]:
+        self._check_decile(decile)
+        lo = None if decile == 0 else float(self.decile_edges[decile - 1])
+        hi = None if decile == self.n_deciles - 1 else float(self.decile_edges[decile])
+        return lo, hi
+
+    def _check_decile(self, decile: int) -> None:
+        if not isinstance(decile, (int, np.integer)) or not 0 <= int(decile) < self.n_deciles:
+            raise ValueError(
+                f"condition decile must be an integer in 0..{self.n_deciles - 1} "
+                f"(deciles of {self.property}), got {decile!r}"
+            )
+
+    def _condition(self, decile: int, **extra: Any) -> dict[str, Any]:
+        lo, hi = self.decile_range(decile)
+        return {"property": self.property, "decile": int(decile), "range": [lo, hi]} | extra
+
+    # --------------------------------------------------------------------------- pipeline
+
+    def encode_grids(self, structures: Sequence[Structure]) -> tuple[torch.Tensor, np.ndarray]:
+        """(B,4,n,n,n) VAE input of cubic structures (raises VoxelEncodingError otherwise)."""
+        from generators.voxel.encode import encode_many
+
+        batch = encode_many(list(structures), self.voxel_settings, with_coords=False)
+        dens = torch.from_numpy(batch.density / self.density_scale).float().unsqueeze(1)
+        lat = torch.from_numpy(batch.lattice[:, 0])
+        x = torch.cat([dens, coordinate_channels(lat, self.n_grid, self.coord_scale)], dim=1)
+        return x, batch.species
+
+    @torch.no_grad()
+    def encode(
+        self, structures: Sequence[Structure], deciles: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of each structure under its condition."""
+        for d in deciles:
+            self._check_decile(int(d))
+        x, _ = self.encode_grids(structures)
+        cond = one_hot_decile(list(deciles), self.n_deciles).to(self.device)
+        return self.vae.encode(x.to(self.device), cond)
+
+    @torch.no_grad()
+    def segment(self, grids: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """UNet on (B,4,n,n,n) grids -> species Z, confidence, coordinates (B,n,n,n,3) in A."""
+        labels, confidence = self.unet.predict(grids[:, :1].to(self.device))
+        species = self.elements[labels.cpu().numpy()]
+        coords = (grids[:, 1:] * self.coord_scale).permute(0, 2, 3, 4, 1).cpu().numpy()
+        return species, confidence.cpu().numpy(), coords
+
+    def decode_grids(self, grids: torch.Tensor) -> list[Generated]:
+        """Segment and decode generated grids into crystals (one per grid)."""
+        species, confidence, coords = self.segment(grids)
+        out = []
+        for s, p, c in zip(species, confidence, coords, strict=True):
+            d = self.decode_one(s, p, c)
+            out.append(Generated(d.structure, d.too_close, d.lattice, d.n_sites, d.dropped_regions))
+        return out
+
+    def decode_one(self, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray):
+        """UNet output of one grid -> `Decoded` (cubic cell; per-region species vote)."""
+        from generators.voxel.decode import decode
+
+        coords = self.cubic_coords(coords)
+        if self.region_vote:
+            species = self.vote_regions(species, confidence)
+        return decode(species, coords, self.voxel_settings, probabilities=confidence)
+
+    def cubic_coords(self, coords: np.ndarray) -> np.ndarray:
+        """The model's cells are cubic: one length, the mean of the three least-squares fits."""
+        from generators.voxel.encode import coordinate_grid, lattice_from_coords
+
+        a = float(np.mean(lattice_from_coords(coords)))
+        return coordinate_grid([a, a, a], coords.shape[0])
+
+    def vote_regions(self, species: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        """Regions from occupancy, species by confidence-weighted vote inside each region.
+
+        A weakly trained UNet flips species voxel by voxel inside one atom, and every flip
+        would become its own site; segmenting the occupancy mask first keeps one site per atom.
+        """
+        from generators.voxel.decode import segment
+
+        labels, count = segment((species > 0).astype(np.int64), self.voxel_settings)
+        if count == 0:
+            return species
+        occupied = labels > 0
+        lab, z = labels[occupied], species[occupied]
+        votes = np.zeros((count + 1, int(self.elements.max()) + 1))
+        np.add.at(votes, (lab, z), confidence[occupied])
+        out = np.zeros_like(species)
+        out[occupied] = votes.argmax(axis=1)[lab]
+        return out
+
+    @torch.no_grad()
+    def decode_latents(
+        self, z: torch.Tensor, condition: torch.Tensor
+    ) -> tuple[list[Generated], torch.Tensor]:
+        """Batched decoder -> UNet -> decode. `condition` is (B, n_deciles), one-hot or soft."""
+        results: list[Generated] = []
+        grids = []
+        for start in range(0, len(z), self.batch_size):
+            g = self.vae.decode(
+                z[start : start + self.batch_size].to(self.device),
+                condition[start : start + self.batch_size].to(self.device),
+            )
+            grids.append(g.cpu())
+            results.extend(self.decode_grids(g))
+        return results, torch.cat(grids) if grids else torch.empty(0)
+
+    def _candidate(
+        self,
+        gen: Generated,
+        mode: str,
+        condition: dict,
+        seed: int | None,
+        z: torch.Tensor,
+        base_id: str | None = None,
+        extra: dict | None = None,
+    ) -> Candidate:
+        from generators.metrics import is_valid
+
+        structure = gen.structure
+        decoded = structure is not None
+        if structure is None:  # keep the slot: callers see how many samples failed
+            a = float(gen.lattice.mean()) if np.all(gen.lattice > 0) else 1.0
+            structure = Structure(Lattice.cubic(a), [], [])
+        ok = decoded and not gen.too_close and is_valid(structure, self.voxel_settings.min_distance)
+        return Candidate(
+            structure=structure,
+            provenance=Provenance(
+                generator=GENERATOR_NAME,
+                model_version=self.model_version,
+                mode=mode,
+                condition=condition,
+                seed=seed,
+                latent=[round(float(v), 5) for v in z.tolist()],
+                base_id=base_id,
+                extra={
+                    "n_sites": gen.n_sites,
+                    "too_close": len(gen.too_close),
+                    "dropped_regions": gen.dropped_regions,
+                    "lattice": [float(x) for x in gen.lattice],
+                }
+                | (extra or {}),
+            ),
+            validity={"decoded": decoded, "min_distance": bool(ok)},
+        )
+
+    # ------------------------------------------------------------------------------ modes
+
+    @staticmethod
+    def _seeds(n: int, seed: int | None) -> list[int]:
+        base = secrets.randbits(31) if seed is None else int(seed)
+        return [base + i for i in range(n)]
+
+    def _noise(self, seeds: list[int]) -> torch.Tensor:
+        out = torch.empty(len(seeds), self.latent_dim)
+        for i, s in enumerate(seeds):
+            out[i] = torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(s))
+        return out
+
+    def sample_random(self, n: int, decile: int, seed: int | None = None) -> list[Candidate]:
+        """z ~ N(0, I) under one condition decile; candidate i uses seed + i."""
+        self._check_decile(decile)
+        if n < 1:
+            return []
+        seeds = self._seeds(n, seed)
+        z = self._noise(seeds)
+        cond = one_hot_decile([decile] * n, self.n_deciles)
+        gens, _ = self.decode_latents(z, cond)
+        condition = self._condition(decile)
+        return [
+            self._candidate(g, "random", condition, s, zi)
+            for g, s, zi in zip(gens, seeds, z, strict=True)
+        ]
+
+    def base_decile(self, base: Any, decile: int | None = None) -> tuple[int, str]:
+        """Condition for a base compound: given > its property value > best reconstruction.
+
+        A bare Structure carries no property, so the decile under which the VAE reconstructs it
+        best (lowest MSE) is used: the condition the model itself finds most consistent.
+        """
+        if decile is not None:
+            self._check_decile(decile)
+            return int(decile), "given"
+        props = getattr(base, "properties", None) or {}
+        if self.property in props and props[self.property] is not None:
+            return self.decile_of(float(props[self.property])), "property"
+        structure = _structure_of(base)
+        x, _ = self.encode_grids([structure])
+        x = x.expand(self.n_deciles, -1, -1, -1, -1).to(self.device)
+        cond = one_hot_decile(list(range(self.n_deciles)), self.n_deciles).to(self.device)
+        with torch.no_grad():
+            mu, _ = self.vae.encode(x, cond)
+            recon = self.vae.decode(mu, cond)
+        err = (recon - x).pow(2).flatten(1).mean(1)
+        return int(err.argmin()), "best-reconstruction"
+
+    def sample_around(
+        self,
+        base: Any,
+        n: int,
+        sigma2: float = 0.5,
+        decile: int | None = None,
+        seed: int | None = None,
+        base_id: str | None = None,
+    ) -> list[Candidate]:
+        """Targeted: mu(base) + N(0, sigma2 I); `base` is a Structure or a Record."""
+        if sigma2 < 0:
+            raise ValueError(f"sigma2 must be >= 0, got {sigma2}")
+        structure = _structure_of(base)
+        d, source = self.base_decile(base, decile)
+        mu, _ = self.encode([structure], [d])
+        seeds = self._seeds(n, seed)
+        z = mu.cpu().expand(n, -1) + float(np.sqrt(sigma2)) * self._noise(seeds)
+        cond = one_hot_decile([d] * n, self.n_deciles)
+        gens, _ = self.decode_latents(z, cond)
+        base_id = base_id or getattr(base, "source_id", None) or structure.formula
+        condition = self._condition(d, source=source)
+        return [
+            self._candidate(g, "targeted", condition, s, zi, base_id, {"sigma2": sigma2})
+            for g, s, zi in zip(gens, seeds, z, strict=True)
+        ]
+
+    def interpolate(
+        self,
+        a: Any,
+        b: Any,
+        steps: int,
+        decile_a: int | None = None,
+        decile_b: int | None = None,
+    ) -> list[Candidate]:
+        """Linear path between the posterior means of a and b; the condition is blended too."""
+        if steps < 2:
+            raise ValueError(f"interpolation needs steps >= 2, got {steps}")
+        da, src_a = self.base_decile(a, decile_a)
+        db, src_b = self.base_decile(b, decile_b)
+        mu, _ = self.encode([_structure_of(a), _structure_of(b)], [da, db])
+        mu = mu.cpu()
+        t = torch.linspace(0, 1, steps)[:, None]
+        z = (1 - t) * mu[0] + t * mu[1]
+        ca, cb = one_hot_decile([da, db], self.n_deciles)
+        cond = (1 - t) * ca + t * cb
+        gens, _ = self.decode_latents(z, cond)
+        id_a = getattr(a, "source_id", None) or _structure_of(a).formula
+        id_b = getattr(b, "source_id", None) or _structure_of(b).formula
+        out = []
+        for i, (g, zi) in enumerate(zip(gens, z, strict=True)):
+            ti = float(t[i])
+            condition = self._condition(
+                da if ti < 0.5 else db, blend={"from": da, "to": db, "t": ti}
+            )
+            out.append(
+                self._candidate(
+                    g,
+                    "interpolation",
+                    condition,
+                    None,
+                    zi,
+                    f"{id_a}->{id_b}",
+                    {"t": ti, "sources": [src_a, src_b]},
+                )
+            )
+        return out
+
+
+def _structure_of(base: Any) -> Structure:
+    if isinstance(base, Structure):
+        return base
+    structure = getattr(base, "structure", None)
+    if isinstance(structure, Structure):
+        return structure
+    raise TypeError(f"expected a pymatgen Structure or a Record, got {type(base).__name__}")
