@@ -1,0 +1,61 @@
+"""Worker process of the local backend: `python -m dft.local_worker ROOT CANDIDATE_ID`.
+
+Runs one flow with jobflow's run_locally into the shared MontyStore and records the outcome in the
+submission file. Started detached, so it finishes its calculation even if the daemon dies."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def main(root: str, candidate_id: str) -> int:
+    from jobflow import Flow, run_locally
+    from monty.json import MontyDecoder
+
+    from dft.backends import LocalBackend, make_monty_jobstore, write_record
+
+    root_p = Path(root)
+    key = LocalBackend.key(candidate_id)
+    flow = MontyDecoder().process_decoded(
+        json.loads((root_p / "flows" / f"{key}.json").read_text())
+    )
+    if not isinstance(flow, Flow):
+        flow = Flow(flow)
+    store = make_monty_jobstore(root_p / "db")
+    error = ""
+    try:
+        run_locally(
+            flow,
+            store=store,
+            root_dir=root_p / "runs" / key,
+            create_folders=True,
+            ensure_success=True,
+            raise_immediately=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - recorded for poll(); the worker must not crash silently
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        traceback.print_exc()
+    import fcntl
+
+    with open(root_p / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        rec = json.loads((root_p / "submissions" / f"{key}.json").read_text())
+        if rec.get("pid") is None or rec["pid"] == _pid():
+            rec.update(state="failed" if error else "completed", error=error)
+            rec["finished_at"] = time.time()
+            write_record(root_p, rec)
+    return 1 if error else 0
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,209 @@
+"""jobflow Makers for pw.x. Jobs are small functions over `dft.runner`/`dft.references`, so the
+same code runs in-process, in a local worker, or on a FireWorks worker (it only needs the package
+installed and CRYSTALLOOP_DFT_* set on that machine)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobflow import Flow, Maker, job
+from pydantic import BaseModel, ConfigDict, Field
+from pymatgen.core import Structure
+
+from dft.inputs import Calculation, make_input
+from dft.parse import QETaskDocument
+from dft.runner import run_pw
+from dft.settings import DFTSettings
+
+
+def _settings(overrides: dict[str, Any]) -> DFTSettings:
+    return DFTSettings(**overrides)
+
+
+def _run_dir(settings: DFTSettings, label: str) -> Any:
+    from jobflow import CURRENT_JOB
+
+    uid = CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else "interactive"
+    idx = CURRENT_JOB.job.index if CURRENT_JOB.job is not None else 1
+    return settings.runs_dir / f"{label.replace(' ', '_')}-{uid}-{idx}"
+
+
+@dataclass
+class QEStaticMaker(Maker):
+    """pw.x scf. `input_overrides` go through the same validation as the defaults."""
+
+    name: str = "qe static"
+    calculation: Calculation = "scf"
+    input_overrides: dict[str, Any] = field(default_factory=dict)
+    settings_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @job(output_schema=QETaskDocument)
+    def make(self, structure: Structure) -> QETaskDocument:
+        settings = _settings(self.settings_overrides)
+        pw_input = make_input(structure, self.calculation, settings, **self.input_overrides)
+        return run_pw(
+            structure, pw_input, _run_dir(settings, self.name), settings, task_label=self.name
+        )
+
+
+@dataclass
+class QERelaxMaker(QEStaticMaker):
+    """pw.x vc-relax (default for candidates) or relax (fixed cell)."""
+
+    name: str = "qe relax"
+    calculation: Calculation = "vc-relax"
+
+
+class FormationDocument(BaseModel):
+    """What the discovery loop consumes: one relaxed candidate with its formation energy."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    candidate_id: str | None = None
+    formula: str
+    reduced_formula: str
+    structure: Structure
+    energy: float
+    energy_per_atom: float
+    formation_energy_per_atom: float
+    e_above_hull_vs_elements: float = Field(
+        description="hull from the elemental references only; the agent recomputes it over all "
+        "results sharing settings_key"
+    )
+    settings_key: str = Field(description="equal keys = energies comparable on one hull")
+    references: dict[str, float]
+    ecutwfc: float
+    pressure_kbar: float | None = None
+    pressure_ok: bool | None = None
+    ionic_steps: int
+    prerelax_steps: int | None = None
+    wall_time_s: float
+    n_attempts: int
+    warnings: list[str] = Field(default_factory=list)
+    qe_task_dir: str
+
+
+def settings_key(doc: QETaskDocument, settings: DFTSettings) -> str:
+    """Energies are comparable only with the same pseudos, cutoff, smearing and k density."""
+    inp = doc.input
+    key = {
+        "family": doc.pseudo_family,
+        "ecutwfc": inp.ecutwfc,
+        "ecutrho": inp.ecutrho,
+        "smearing": [inp.smearing, inp.degauss],
+        "k_density": settings.kpoint_density,
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@job(output_schema=FormationDocument)
+def formation_energy(
+    task: QETaskDocument | dict,
+    candidate_id: str | None = None,
+    prerelax_steps: int | None = None,
+    settings_overrides: dict[str, Any] | None = None,
+) -> FormationDocument:
+    """Formation energy vs elemental references computed (once, cached) at the same settings."""
+    from dft.formation import e_above_hull, formation_energy_per_atom
+    from dft.references import references_for
+
+    settings = _settings(settings_overrides or {})
+    doc = task if isinstance(task, QETaskDocument) else QETaskDocument.model_validate(task)
+    refs = references_for(doc.elements, doc.input, settings)
+    ref_e = {el: r["energy_per_atom"] for el, r in refs.items()}
+    comp = doc.structure.composition
+    ef = formation_energy_per_atom(comp, doc.energy, ref_e)
+    return FormationDocument(
+        candidate_id=candidate_id,
+        formula=doc.formula,
+        reduced_formula=doc.reduced_formula,
+        structure=doc.structure,
+        energy=doc.energy,
+        energy_per_atom=doc.energy_per_atom,
+        formation_energy_per_atom=ef,
+        e_above_hull_vs_elements=e_above_hull(comp, doc.energy, [], ref_e),
+        settings_key=settings_key(doc, settings),
+        references=ref_e,
+        ecutwfc=doc.input.ecutwfc,
+        pressure_kbar=doc.pressure_kbar,
+        pressure_ok=doc.pressure_ok,
+        ionic_steps=doc.ionic_steps,
+        prerelax_steps=prerelax_steps,
+        wall_time_s=doc.wall_time_s,
+        n_attempts=len(doc.attempts),
+        warnings=doc.warnings,
+        qe_task_dir=doc.dir_name,
+    )
+
+
+def strip_site_properties(structure: Structure) -> Structure:
+    """A copy without site properties: atomate2's trajectory writer crashes when one (e.g.
+    'magmom' or 'forces' from a data set) collides with a calculator result."""
+    clean = structure.copy()
+    for key in list(clean.site_properties):
+        clean.remove_site_property(key)
+    return clean
+
+
+def relax_candidate(
+    structure: Structure,
+    candidate_id: str | None = None,
+    prerelax: bool = True,
+    fmax: float = 0.05,
+    primitive: bool = True,
+    check_pseudos: bool = True,
+    input_overrides: dict[str, Any] | None = None,
+    settings_overrides: dict[str, Any] | None = None,
+) -> Flow:
+    """Optional CHGNet pre-relaxation -> pw.x vc-relax -> formation energy.
+
+    The flow's output is the FormationDocument; every job carries metadata candidate_id.
+    `primitive` relaxes the primitive cell (fewer atoms: pw.x cost grows ~N^2-N^3).
+    `check_pseudos` raises MissingPseudoError (every missing element named) now, not in a worker;
+    turn it off when only the workers have the pseudopotentials.
+    """
+    from dft.inputs import validate_structure
+    from dft.pseudos import pseudopotentials_for
+
+    validate_structure(structure)
+    if check_pseudos:
+        elements = [el.symbol for el in structure.composition.elements]
+        pseudopotentials_for(elements, _settings(dict(settings_overrides or {})))
+    structure = strip_site_properties(structure)
+    if primitive:
+        structure = structure.get_primitive_structure()
+    jobs = []
+    start: Any = structure
+    steps_ref = None
+    if prerelax:
+        from atomate2.forcefields.jobs import ForceFieldRelaxMaker
+
+        ff = ForceFieldRelaxMaker(
+            force_field_name="CHGNet",
+            relax_kwargs={"fmax": fmax, "final_atoms_object_file": None},
+            steps=300,
+        ).make(structure)
+        ff.name = "chgnet prerelax"
+        jobs.append(ff)
+        start = ff.output.structure
+        steps_ref = ff.output.output.n_steps
+    relax = QERelaxMaker(
+        input_overrides=dict(input_overrides or {}),
+        settings_overrides=dict(settings_overrides or {}),
+    ).make(start)
+    jobs.append(relax)
+    form = formation_energy(
+        relax.output,
+        candidate_id=candidate_id,
+        prerelax_steps=steps_ref,
+        settings_overrides=dict(settings_overrides or {}),
+    )
+    form.name = "formation energy"
+    jobs.append(form)
+    flow = Flow(jobs, output=form.output, name=f"relax {candidate_id or structure.formula}")
+    if candidate_id is not None:
+        flow.update_metadata({"candidate_id": candidate_id})
+    return flow

@@ -1,0 +1,129 @@
+"""Elemental reference energies, computed with exactly the settings of the compound they serve
+(same pseudos, same ecutwfc, same smearing) and cached on disk, so each is computed once even when
+several workers ask at the same time (file lock)."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+
+from pymatgen.core import Lattice, Structure
+
+from dft.inputs import PWInput, make_input
+from dft.pseudos import md5sums, pseudopotentials_for
+from dft.runner import run_pw
+from dft.settings import DFTSettings
+
+# Gases: spin-polarised diatomics in a box (O2 is a triplet; the rest relax to singlets).
+DIATOMIC_BOND = {"H": 0.74, "N": 1.10, "O": 1.21, "F": 1.42, "Cl": 1.99}
+BOX = 10.0
+
+
+def reference_structure(element: str) -> Structure:
+    """Ground-state structure: a diatomic in a box for gases, else ASE's reference crystal."""
+    if element in DIATOMIC_BOND:
+        d = DIATOMIC_BOND[element]
+        # slightly asymmetric box: avoids degenerate orbitals that slow the SCF
+        lat = Lattice.orthorhombic(BOX, BOX + 0.5, BOX + 1.0)
+        return Structure(lat, [element, element], [[0, 0, 0], [d, 0, 0]], coords_are_cartesian=True)
+    from ase.build import bulk
+    from ase.data import atomic_numbers, reference_states
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    state = reference_states[atomic_numbers[element]] or {}
+    if state.get("symmetry") not in ("bcc", "fcc", "hcp", "diamond", "sc"):
+        raise ValueError(
+            f"no built-in reference structure for {element} ({state.get('symmetry')}); "
+            "pass one with references.set_reference_structure"
+        )
+    return AseAtomsAdaptor.get_structure(bulk(element))
+
+
+_CUSTOM: dict[str, Structure] = {}
+
+
+def set_reference_structure(element: str, structure: Structure) -> None:
+    """Use this structure (e.g. the MP ground state) for an element without a built-in one."""
+    _CUSTOM[element] = structure
+
+
+def reference_input(element: str, compound_input: PWInput, settings: DFTSettings) -> PWInput:
+    """Same basis/smearing as the compound; own k-grid; spin for gases."""
+    s = _CUSTOM.get(element) or reference_structure(element)
+    gas = element in DIATOMIC_BOND
+    over = {
+        "ecutwfc": compound_input.ecutwfc,
+        "ecutrho": compound_input.ecutrho,
+        "smearing": compound_input.smearing,
+        "degauss": compound_input.degauss,
+        "conv_thr": compound_input.conv_thr,
+    }
+    if gas:
+        over.update(nspin=2, starting_magnetization={element: 0.5}, mixing_beta=0.3)
+    return make_input(s, "relax" if gas else "vc-relax", settings, **over)
+
+
+def fingerprint(element: str, pw_input: PWInput, settings: DFTSettings) -> str:
+    """Cache key: anything that changes a total energy changes the key."""
+    pseudos = pseudopotentials_for([element], settings)
+    key = {
+        "element": element,
+        "md5": md5sums(pseudos, settings.resolved_pseudo_dir()),
+        "input": pw_input.model_dump(exclude={"max_seconds"}),
+        "k_density": settings.kpoint_density,
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_dir(settings: DFTSettings) -> Path:
+    d = settings.home / "dft" / "references"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def reference_energy(
+    element: str, compound_input: PWInput, settings: DFTSettings | None = None
+) -> dict:
+    """{'element', 'energy_per_atom', 'structure', 'key', ...}: computed once per settings."""
+    settings = settings or DFTSettings()
+    pw_input = reference_input(element, compound_input, settings)
+    key = fingerprint(element, pw_input, settings)
+    path = cache_dir(settings) / f"{element}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits here, then reads the cache
+        if path.is_file():
+            return json.loads(path.read_text())
+        structure = _CUSTOM.get(element) or reference_structure(element)
+        doc = run_pw(
+            structure,
+            pw_input,
+            settings.runs_dir / "references" / f"{element}-{key}",
+            settings,
+            task_label=f"reference {element}",
+        )
+        entry = {
+            "element": element,
+            "key": key,
+            "energy_per_atom": doc.energy_per_atom,
+            "energy": doc.energy,
+            "nsites": doc.nsites,
+            "ecutwfc": pw_input.ecutwfc,
+            "calculation": pw_input.calculation,
+            "structure": doc.structure.as_dict(),
+            "wall_time_s": doc.wall_time_s,
+            "warnings": doc.warnings,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entry))
+        tmp.replace(path)
+        return entry
+
+
+def references_for(
+    elements: list[str], compound_input: PWInput, settings: DFTSettings | None = None
+) -> dict[str, dict]:
+    return {el: reference_energy(el, compound_input, settings) for el in sorted(set(elements))}

