@@ -24,7 +24,7 @@ qe:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    quantum-espresso libopenblas0-pthread openmpi-bin >/dev/null; }
-	@pw.x -h </dev/null >/dev/null 2>&1; echo "pw.x: $$(command -v pw.x)"
+	@echo "pw.x: $$(command -v pw.x)"
 
 pseudos: install
 	$(BIN)/crystalloop pseudos install
