@@ -43,14 +43,30 @@ class GeneratorSlot:
             from generators.data import load_source, select_cubic
             from generators.dataset import DatasetGenerator
 
-            source = cfg.options.get("source")
+            opts = cfg.options
+            source = opts.get("source")
             if not source:
-                raise ComponentError("generator 'dataset' needs options.source (a CSV/CIF folder)")
+                raise ComponentError(
+                    "generator 'dataset' needs options.source: a CSV, a CIF folder or matminer:NAME"
+                )
+            if str(source).startswith("matminer:"):
+                from generators.data import fetch_matminer
+
+                fetch_matminer()  # idempotent: pip-downloads matminer's sdist only the first time
             records, _ = load_source(source)
-            if cfg.options.get("cubic", True):
-                records, _ = select_cubic(records, max_atoms=int(cfg.options.get("max_atoms", 40)))
+            max_sites = int(opts.get("max_sites", 40))
+            if opts.get("cubic", True):
+                records, _ = select_cubic(records, max_atoms=max_sites)
+            records = [r for r in records if len(r.structure) <= max_sites]
+            if opts.get("elements"):
+                allowed = set(opts["elements"])
+                records = [
+                    r for r in records if {e.symbol for e in r.structure.composition} <= allowed
+                ]
+            min_elements = int(opts.get("min_elements", 1))
+            records = [r for r in records if len(r.structure.composition) >= min_elements]
             if not records:
-                raise ComponentError(f"generator 'dataset': no usable structures in {source}")
+                raise ComponentError(f"generator 'dataset': no structures in {source} match")
             return DatasetGenerator(records, rattle=float(cfg.options.get("rattle", 0.0)))
         raise ComponentError(f"unknown generator {cfg.name!r}: use 'voxel-vae' or 'dataset'")
 
@@ -277,4 +293,5 @@ class Components:
             candidate_id=candidate_id,
             prerelax=self.config.dft.chgnet_prerelax,
             settings_overrides=self.config.dft.settings_overrides(),
+            calculation=self.config.dft.calculation,
         )

@@ -157,8 +157,9 @@ def relax_candidate(
     check_pseudos: bool = True,
     input_overrides: dict[str, Any] | None = None,
     settings_overrides: dict[str, Any] | None = None,
+    calculation: Calculation = "vc-relax",
 ) -> Flow:
-    """Optional CHGNet pre-relaxation -> pw.x vc-relax -> formation energy.
+    """Optional CHGNet pre-relaxation -> pw.x vc-relax (or relax / scf) -> formation energy.
 
     The flow's output is the FormationDocument; every job carries metadata candidate_id.
     `primitive` relaxes the primitive cell (fewer atoms: pw.x cost grows ~N^2-N^3).
@@ -191,6 +192,7 @@ def relax_candidate(
         start = ff.output.structure
         steps_ref = ff.output.output.n_steps
     relax = QERelaxMaker(
+        calculation=calculation,
         input_overrides=dict(input_overrides or {}),
         settings_overrides=dict(settings_overrides or {}),
     ).make(start)
