@@ -84,9 +84,10 @@ def cache_dir(settings: DFTSettings) -> Path:
 
 
 def reference_energy(
-    element: str, compound_input: PWInput, settings: DFTSettings | None = None
-) -> dict:
-    """{'element', 'energy_per_atom', 'structure', 'key', ...}: computed once per settings."""
+    element: str, compound_input: PWInput, settings: DFTSettings | None = None, wait: bool = True
+) -> dict | None:
+    """{'element', 'energy_per_atom', 'structure', 'key', ...}: computed once per settings.
+    With wait=False, returns None at once when another worker is computing it."""
     settings = settings or DFTSettings()
     pw_input = reference_input(element, compound_input, settings)
     key = fingerprint(element, pw_input, settings)
@@ -94,7 +95,10 @@ def reference_energy(
     if path.is_file():
         return json.loads(path.read_text())
     with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits here, then reads the cache
+        try:  # a second worker waits here (or moves on), then reads the cache
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
         if path.is_file():
             return json.loads(path.read_text())
         structure = _CUSTOM.get(element) or reference_structure(element)
@@ -126,4 +130,18 @@ def reference_energy(
 def references_for(
     elements: list[str], compound_input: PWInput, settings: DFTSettings | None = None
 ) -> dict[str, dict]:
-    return {el: reference_energy(el, compound_input, settings) for el in sorted(set(elements))}
+    """All references for a compound. Elements another worker is computing are skipped and
+    revisited, so two workers needing Ba, Ti and O compute different ones side by side
+    instead of queueing on the same lock."""
+    pending = sorted(set(elements))
+    done: dict[str, dict] = {}
+    while pending:
+        for el in list(pending):
+            entry = reference_energy(el, compound_input, settings, wait=False)
+            if entry is not None:
+                done[el] = entry
+                pending.remove(el)
+        if pending:  # all that remain are being computed elsewhere: wait for the first
+            el = pending.pop(0)
+            done[el] = reference_energy(el, compound_input, settings)  # type: ignore[assignment]
+    return {el: done[el] for el in sorted(done)}

@@ -169,3 +169,20 @@ def test_cli_pseudos_check_and_dft_relax(settings: DFTSettings, tmp_path: Path) 
     assert doc["reduced_formula"] == "Al" and doc["formation_energy_per_atom"] == 0.0
     bad = runner.invoke(app, ["dft", "relax", str(tmp_path / "nope.cif")])
     assert bad.exit_code == 2  # typer BadParameter: usage error, nothing run
+
+
+def test_references_skip_an_element_another_worker_is_computing(settings: DFTSettings) -> None:
+    import fcntl
+
+    from dft.references import cache_dir, fingerprint, reference_energy, reference_input
+
+    compound = make_input(si(), "vc-relax", settings, **TEST)
+    key = fingerprint("Si", reference_input("Si", compound, settings), settings)
+    lock_path = cache_dir(settings) / f"Si-{key}.lock"
+    with open(lock_path, "w") as held:  # as if another worker were computing Si right now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert reference_energy("Si", compound, settings, wait=False) is None
+    entry = reference_energy("Si", compound, settings, wait=False)  # lock free: computes it
+    assert entry is not None and entry["element"] == "Si" and entry["energy_per_atom"] < 0
+    cached = reference_energy("Si", compound, settings, wait=False)
+    assert cached is not None and cached["energy_per_atom"] == entry["energy_per_atom"]
