@@ -10,22 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PROPERTIES = (
-    "formation_energy_per_atom",
-    "e_above_hull",
-    "band_gap",
-    "bulk_modulus",
-    "shear_modulus",
-    "poisson_ratio",
-    "refractive_index",
-    "dielectric_constant",
-    "energy_per_atom",
-)
 Property = Literal[
     "formation_energy_per_atom",
     "e_above_hull",
@@ -37,6 +26,7 @@ Property = Literal[
     "dielectric_constant",
     "energy_per_atom",
 ]
+PROPERTIES: tuple[str, ...] = get_args(Property)
 
 TEMPLATE = Path(__file__).with_name("campaign_template.yaml")
 
