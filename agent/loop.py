@@ -57,7 +57,7 @@ class CampaignRunner:
         self._external_stop = should_stop
         self.report = report
         self.poll_interval = poll_interval
-        self.retrain = RetrainManager(config, store)
+        self.retrain = RetrainManager(config, store, report)
 
     # ----------------------------------------------------------------- control
     def should_stop(self) -> bool:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from agent.config import CampaignConfig
-from agent.store import Store
+from agent.store import Store, crystalloop_home
 from agent.store.lock import pid_alive
 
 KIND = "surrogate"
@@ -39,11 +39,13 @@ def gate(old_mae: float | None, new_mae: float, min_improvement: float = 0.0) ->
 class RetrainManager:
     """The daemon's side: decide when to retrain, start the trainer, notice it finishing."""
 
-    def __init__(self, config: CampaignConfig, store: Store):
+    def __init__(self, config: CampaignConfig, store: Store, report: Callable[[str], None] = print):
         self.config = config
         self.store = store
         self.name = config.name
+        self.report = report
         self._process: subprocess.Popen | None = None
+        self._version: str | None = None
 
     def _training_docs(self) -> list[dict]:
         return [d for d in self.store.list_models(self.name, KIND) if d.get("state") == "training"]
@@ -77,7 +79,16 @@ class RetrainManager:
         if self.store.backend == "mongodb" and self.config.store.uri:
             cmd += ["--uri", self.config.store.uri]
         cmd += ["--database", self.store.database]
-        self._process = subprocess.Popen(cmd, start_new_session=True, env=os.environ.copy())
+        log = crystalloop_home() / "logs" / f"{self.name}-retrain.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self._process = subprocess.Popen(
+                cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+            )
+        self._version = version
+        self.report(
+            f"retraining the surrogate on {n_results} DFT results as {version} (log: {log})"
+        )
         self.store.update_model(f"{self.name}:{KIND}:{version}", pid=self._process.pid)
         self.store.update_campaign(self.name, retrained_at_results=n_results)
         self.store.log_event(self.name, "retrain_started", version=version, n_results=n_results)
@@ -87,8 +98,17 @@ class RetrainManager:
         return version
 
     def poll(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
-            self._process = None
+        if self._process is None or self._process.poll() is None:
+            return
+        self._process = None
+        doc = self.store.get_model(f"{self.name}:{KIND}:{self._version}") or {}
+        m = doc.get("holdout_metrics") or {}
+        verdict = {"deployed": "deployed", "rejected": "refused by the validation gate"}
+        self.report(
+            f"retrained {self._version}: {verdict.get(doc.get('state'), doc.get('state'))} "
+            f"(hold-out MAE {m.get('old_mae', float('nan')):.3f} -> "
+            f"{m.get('new_mae', float('nan')):.3f} eV/atom)"
+        )
 
     def recover(self) -> None:
         """Restart trainers that died with a previous daemon (same version, from scratch)."""
