@@ -479,13 +479,101 @@ def _rotate_batch(x: torch.Tensor, rotations: np.ndarray) -> torch.Tensor:
 class _Loop:
     """Shared loop mechanics: progress bar, periodic validation, time budget, checkpoints."""
 
-    def __init__(self, settings: GeneratorSettings, out: Path, progress: bool, log: Callable):
+    def __init__(
+        self,
+        settings: GeneratorSettings,
+        out: Path,
+        progress: bool,
+        log: Callable,
+        train_state: dict[str, Any] | None = None,
+    ):
         self.settings = settings
         self.out = Path(out)
         self.progress = progress
         self.log = log
         self.start = time.monotonic()
         self.last_ckpt = time.monotonic()
+        ts = train_state or {}
+        self.epoch, self.step, self.skip = ts.get("epoch", 0), ts.get("step", 0), ts.get("batch", 0)
+        self.elapsed_before = ts.get("elapsed", 0.0)
+
+    def train_state(self) -> dict[str, Any]:
+        """Where training stands, for a checkpoint that a later run resumes from."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch": self.skip,
+            "elapsed": self.elapsed_before + time.monotonic() - self.start,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def run(
+        self,
+        name: str,
+        epochs: int,
+        batch: int,
+        n_train: int,
+        train_step: Callable[[np.ndarray, np.ndarray], float],
+        validate: Callable[[], dict[str, float]],
+        payload: Callable[[dict[str, float]], dict[str, Any]],
+        history: list[dict[str, float]],
+    ) -> dict[str, float]:
+        """Epochs of shuffled (rotated) batches from where a resumed run stopped, with a rich
+        progress bar, validation every `val_every` steps, periodic checkpoints and the time
+        budget; ends with a final validation and checkpoint. Returns the final metrics."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        settings = self.settings
+        metrics: dict[str, float] = {}
+        n_batches = max(1, n_train // batch)
+        stop = False
+        run_loss: float | None = None
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, disable=not self.progress) as bar:
+            while self.epoch < epochs and not stop:
+                task = bar.add_task(
+                    f"{name} epoch {self.epoch + 1}/{epochs}", total=n_batches, info=""
+                )
+                batches = _batches(n_train, batch, settings.seed, self.epoch, settings.augment)
+                for b, (idx, rot) in enumerate(batches):
+                    if b < self.skip:
+                        bar.advance(task)
+                        continue
+                    loss = train_step(idx, rot)
+                    self.step += 1
+                    self.skip = b + 1
+                    run_loss = loss if run_loss is None else 0.98 * run_loss + 0.02 * loss
+                    bar.update(task, advance=1, info=f"loss {run_loss:.4g}")
+                    if self.step % settings.val_every == 0:
+                        metrics = validate() | {
+                            "train_loss": run_loss,
+                            "step": self.step,
+                            "epoch": self.epoch,
+                        }
+                        history.append(metrics)
+                        self.log(_fmt(name, metrics))
+                    if self.checkpoint_due():
+                        save_checkpoint(self.out, payload(metrics))
+                        self.last_ckpt = time.monotonic()
+                    if self.out_of_time():
+                        self.log(f"{name}: time budget reached, stopping")
+                        stop = True
+                        break
+                if not stop:
+                    self.epoch += 1
+                    self.skip = 0
+                bar.remove_task(task)
+        final_loss = run_loss if run_loss is not None else float("nan")
+        metrics = validate() | {"train_loss": final_loss, "step": self.step, "epoch": self.epoch}
+        history.append(metrics)
+        self.log(_fmt(f"{name} final", metrics))
+        save_checkpoint(self.out, payload(metrics))
+        return metrics
 
     def out_of_time(self) -> bool:
         """The budget is per invocation, so a resumed run gets a fresh `max_minutes`."""
@@ -537,23 +625,19 @@ def train_unet(
     model = UNet3D(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=settings.unet_lr)
     history: list[dict[str, float]] = []
-    epoch = step = skip = 0
-    elapsed_before = 0.0
     if state is not None:
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         for group in opt.param_groups:  # a resumed run may change the learning rate
             group["lr"] = settings.unet_lr
-        ts = state["train_state"]
-        epoch, step, skip, elapsed_before = ts["epoch"], ts["step"], ts["batch"], ts["elapsed"]
-        torch.set_rng_state(ts["torch_rng"])
+        torch.set_rng_state(state["train_state"]["torch_rng"])
         history = state["metrics"]["history"]
     log(
         f"UNet: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(elements)} elements, {len(train_idx)} train / {len(val_idx)} val, "
         f"{threads} threads on {device}"
     )
-    loop = _Loop(settings, Path(out), progress, log)
+    loop = _Loop(settings, Path(out), progress, log, state and state["train_state"])
 
     def tensors(index: np.ndarray, rotations: np.ndarray | None = None):
         dens = torch.from_numpy(data.density[index] / density_scale).float().unsqueeze(1)
@@ -603,13 +687,7 @@ def train_unet(
             "config": config.to_dict(),
             "state_dict": sd,
             "optimizer": opt.state_dict(),
-            "train_state": {
-                "epoch": epoch,
-                "step": step,
-                "batch": skip,
-                "elapsed": elapsed_before + time.monotonic() - loop.start,
-                "torch_rng": torch.get_rng_state(),
-            },
+            "train_state": loop.train_state(),
             "settings": json.loads(settings.model_dump_json()),
             "elements": elements,
             "density_scale": density_scale,
@@ -620,65 +698,28 @@ def train_unet(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
-    metrics: dict[str, float] = {}
-    model.train()
-    n_batches = max(1, len(train_idx) // settings.unet_batch)
-    stop = False
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    def train_step(idx: np.ndarray, rot: np.ndarray) -> float:
+        dens, z = tensors(train_idx[idx], rot)
+        target = torch.from_numpy(lut[z.cpu().numpy()]).to(device)
+        logits, occ = model(dens)
+        parts = unet_loss(logits, occ, target, weights, occupied=z > 0)
+        opt.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        opt.step()
+        return parts["total"].item()
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
+    model.train()
+    metrics = loop.run(
+        "UNet",
+        settings.unet_epochs,
+        settings.unet_batch,
+        len(train_idx),
+        train_step,
+        validate,
+        payload,
+        history,
     )
-    with Progress(*columns, disable=not progress) as bar:
-        while epoch < settings.unet_epochs and not stop:
-            task = bar.add_task(
-                f"UNet epoch {epoch + 1}/{settings.unet_epochs}", total=n_batches, info=""
-            )
-            run_loss = None
-            for b, (idx, rot) in enumerate(
-                _batches(
-                    len(train_idx), settings.unet_batch, settings.seed, epoch, settings.augment
-                )
-            ):
-                if b < skip:
-                    bar.advance(task)
-                    continue
-                dens, z = tensors(train_idx[idx], rot)
-                target = torch.from_numpy(lut[z.cpu().numpy()]).to(device)
-                logits, occ = model(dens)
-                parts = unet_loss(logits, occ, target, weights, occupied=z > 0)
-                opt.zero_grad(set_to_none=True)
-                parts["total"].backward()
-                opt.step()
-                step += 1
-                skip = b + 1
-                loss = parts["total"].item()
-                run_loss = loss if run_loss is None else 0.98 * run_loss + 0.02 * loss
-                bar.update(task, advance=1, info=f"loss {run_loss:.4f}")
-                if step % settings.val_every == 0:
-                    metrics = validate() | {"train_loss": run_loss, "step": step, "epoch": epoch}
-                    history.append(metrics)
-                    log(_fmt("UNet", metrics))
-                if loop.checkpoint_due():
-                    save_checkpoint(loop.out, payload(metrics))
-                    loop.last_ckpt = time.monotonic()
-                if loop.out_of_time():
-                    log("UNet: time budget reached, stopping")
-                    stop = True
-                    break
-            if not stop:
-                epoch += 1
-                skip = 0
-            bar.remove_task(task)
-    metrics = validate() | {"train_loss": run_loss or float("nan"), "step": step, "epoch": epoch}
-    history.append(metrics)
-    log(_fmt("UNet final", metrics))
-    final = payload(metrics)
-    save_checkpoint(loop.out, final)
-    return TrainResult(Path(out), metrics, history, step, time.monotonic() - loop.start)
+    return TrainResult(Path(out), metrics, history, loop.step, time.monotonic() - loop.start)
 
 
 def _data_info(data: VoxelData, train_idx, val_idx, settings: GeneratorSettings) -> dict[str, Any]:
@@ -788,8 +829,6 @@ def train_vae(
     opt = torch.optim.Adam(model.parameters(), lr=settings.vae_lr)
     history: list[dict[str, float]] = []
     phases: list[dict[str, Any]] = []
-    epoch = step = skip = 0
-    elapsed_before = 0.0
     if state is not None:
         phases = list(state.get("phases", []))
         _check_resume(state, data, settings, log)
@@ -797,19 +836,17 @@ def train_vae(
         opt.load_state_dict(state["optimizer"])
         for group in opt.param_groups:  # a resumed run may change the learning rate
             group["lr"] = settings.vae_lr
-        ts = state["train_state"]
-        epoch, step, skip, elapsed_before = ts["epoch"], ts["step"], ts["batch"], ts["elapsed"]
-        torch.set_rng_state(ts["torch_rng"])
+        torch.set_rng_state(state["train_state"]["torch_rng"])
         history = state["metrics"]["history"]
     log(
         f"VAE: {sum(p.numel() for p in model.parameters()):,} parameters, latent "
         f"{config.latent_dim}, {len(train_idx)} train / {len(val_idx)} val, "
         f"{threads} threads on {device}"
     )
-    loop = _Loop(settings, Path(out), progress, log)
+    loop = _Loop(settings, Path(out), progress, log, state and state["train_state"])
     phases.append(
         {
-            "from_step": step,
+            "from_step": loop.step,
             "unet_version": unet_state["model_version"],
             "lr": settings.vae_lr,
             "alpha": settings.alpha if features is not None else 0.0,
@@ -860,13 +897,7 @@ def train_vae(
             "config": config.to_dict(),
             "state_dict": sd,
             "optimizer": opt.state_dict(),
-            "train_state": {
-                "epoch": epoch,
-                "step": step,
-                "batch": skip,
-                "elapsed": elapsed_before + time.monotonic() - loop.start,
-                "torch_rng": torch.get_rng_state(),
-            },
+            "train_state": loop.train_state(),
             "settings": json.loads(settings.model_dump_json()),
             "property": settings.property,
             "decile_edges": [float(e) for e in edges],
@@ -882,61 +913,27 @@ def train_vae(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
-    metrics: dict[str, float] = {}
-    model.train()
-    n_batches = max(1, len(train_idx) // settings.vae_batch)
-    stop = False
-    run_loss = None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    def train_step(idx: np.ndarray, rot: np.ndarray) -> float:
+        x, cond = tensors(train_idx[idx], rot)
+        recon, mu, logvar = model(x, cond)
+        parts = vae_loss(recon, x, mu, logvar, settings.alpha, settings.beta, features)
+        opt.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        opt.step()
+        return parts["total"].item()
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
+    model.train()
+    metrics = loop.run(
+        "VAE",
+        settings.vae_epochs,
+        settings.vae_batch,
+        len(train_idx),
+        train_step,
+        validate,
+        payload,
+        history,
     )
-    with Progress(*columns, disable=not progress) as bar:
-        while epoch < settings.vae_epochs and not stop:
-            task = bar.add_task(
-                f"VAE epoch {epoch + 1}/{settings.vae_epochs}", total=n_batches, info=""
-            )
-            for b, (idx, rot) in enumerate(
-                _batches(len(train_idx), settings.vae_batch, settings.seed, epoch, settings.augment)
-            ):
-                if b < skip:
-                    bar.advance(task)
-                    continue
-                x, cond = tensors(train_idx[idx], rot)
-                recon, mu, logvar = model(x, cond)
-                parts = vae_loss(recon, x, mu, logvar, settings.alpha, settings.beta, features)
-                opt.zero_grad(set_to_none=True)
-                parts["total"].backward()
-                opt.step()
-                step += 1
-                skip = b + 1
-                loss = parts["total"].item()
-                run_loss = loss if run_loss is None else 0.98 * run_loss + 0.02 * loss
-                bar.update(task, advance=1, info=f"loss {run_loss:.4g}")
-                if step % settings.val_every == 0:
-                    metrics = validate() | {"train_loss": run_loss, "step": step, "epoch": epoch}
-                    history.append(metrics)
-                    log(_fmt("VAE", metrics))
-                if loop.checkpoint_due():
-                    save_checkpoint(loop.out, payload(metrics))
-                    loop.last_ckpt = time.monotonic()
-                if loop.out_of_time():
-                    log("VAE: time budget reached, stopping")
-                    stop = True
-                    break
-            if not stop:
-                epoch += 1
-                skip = 0
-            bar.remove_task(task)
-    metrics = validate() | {"train_loss": run_loss or float("nan"), "step": step, "epoch": epoch}
-    history.append(metrics)
-    log(_fmt("VAE final", metrics))
-    save_checkpoint(loop.out, payload(metrics))
-    return TrainResult(Path(out), metrics, history, step, time.monotonic() - loop.start)
+    return TrainResult(Path(out), metrics, history, loop.step, time.monotonic() - loop.start)
 
 
 def _lattice_from_channels(coords: torch.Tensor, coord_scale: float) -> torch.Tensor:
