@@ -16,7 +16,10 @@ from agent.store import Store
 
 def update_hull(store: Store, campaign: str, tolerance: float = 1e-6) -> dict[str, float]:
     """Recompute e_above_hull for all completed calculations; mark discoveries (on the hull and
-    below the elements) and count them per cycle. Returns calc id -> e_above_hull."""
+    below the elements) and count them per cycle. Returns calc id -> e_above_hull.
+
+    Energies carry their MP2020 anion correction, so the hull is the one Materials Project
+    would draw (corrections change relative stability across anion fractions)."""
     calcs = store.find_calculations(campaign, "completed", projection={"task_doc": 0})
     groups: dict[str, list[dict]] = defaultdict(list)
     for calc in calcs:
@@ -33,7 +36,8 @@ def update_hull(store: Store, campaign: str, tolerance: float = 1e-6) -> dict[st
         mine = []
         for calc in group:
             comp = Composition(calc["formula"])
-            entry = PDEntry(comp, calc["energy_per_atom"] * comp.num_atoms, name=calc["_id"])
+            corrected = calc["energy_per_atom"] + calc.get("anion_correction_per_atom", 0.0)
+            entry = PDEntry(comp, corrected * comp.num_atoms, name=calc["_id"])
             entries.append(entry)
             mine.append((calc, entry))
         diagram = PhaseDiagram(entries)

@@ -295,10 +295,16 @@ class CampaignRunner:
 
     def _store_result(self, doc: dict, result: dict) -> None:
         predicted = (doc.get("predictions") or {}).get(self.config.objective.property, {})
+        raw = result["formation_energy_per_atom"]
+        corrected = result.get("formation_energy_per_atom_corrected")
         fields = {
             "state": "completed",
             "formula": result.get("reduced_formula", doc["formula"]),
-            "formation_energy_per_atom": result["formation_energy_per_atom"],
+            # on Materials Project's scale (raw PBE + MP2020 anion correction), like the
+            # surrogate's training data; the raw value and the correction are kept beside it
+            "formation_energy_per_atom": raw if corrected is None else corrected,
+            "formation_energy_per_atom_raw": raw,
+            "anion_correction_per_atom": result.get("anion_correction_per_atom", 0.0),
             "energy_per_atom": result["energy_per_atom"],
             "structure": _structure_dict(result["structure"]),
             "settings_key": result.get("settings_key"),

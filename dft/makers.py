@@ -69,6 +69,12 @@ class FormationDocument(BaseModel):
     energy: float
     energy_per_atom: float
     formation_energy_per_atom: float
+    anion_correction_per_atom: float = Field(
+        0.0, description="MP2020 anion correction, eV/atom (0 for intermetallics and elements)"
+    )
+    formation_energy_per_atom_corrected: float | None = Field(
+        None, description="raw PBE + anion correction: on Materials Project's energy scale"
+    )
     e_above_hull_vs_elements: float = Field(
         description="hull from the elemental references only; the agent recomputes it over all "
         "results sharing settings_key"
@@ -107,7 +113,7 @@ def formation_energy(
     settings_overrides: dict[str, Any] | None = None,
 ) -> FormationDocument:
     """Formation energy vs elemental references computed (once, cached) at the same settings."""
-    from dft.formation import e_above_hull, formation_energy_per_atom
+    from dft.formation import anion_correction_per_atom, e_above_hull, formation_energy_per_atom
     from dft.references import references_for
 
     settings = _settings(settings_overrides or {})
@@ -116,6 +122,7 @@ def formation_energy(
     ref_e = {el: r["energy_per_atom"] for el, r in refs.items()}
     comp = doc.structure.composition
     ef = formation_energy_per_atom(comp, doc.energy, ref_e)
+    correction = anion_correction_per_atom(doc.structure)
     return FormationDocument(
         candidate_id=candidate_id,
         formula=doc.formula,
@@ -124,6 +131,8 @@ def formation_energy(
         energy=doc.energy,
         energy_per_atom=doc.energy_per_atom,
         formation_energy_per_atom=ef,
+        anion_correction_per_atom=correction,
+        formation_energy_per_atom_corrected=ef + correction,
         e_above_hull_vs_elements=e_above_hull(comp, doc.energy, [], ref_e),
         settings_key=settings_key(doc, settings),
         references=ref_e,
