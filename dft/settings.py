@@ -3,19 +3,15 @@ a FireWorks worker on another machine all agree without passing config files aro
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from generators.home import crystalloop_home
+
 PseudoFamily = Literal["pseudodojo-pbe-standard", "sg15"]
-
-
-def crystalloop_home() -> Path:
-    """The data/cache directory shared by all components (env CRYSTALLOOP_HOME)."""
-    return Path(os.environ.get("CRYSTALLOOP_HOME", Path.home() / ".crystalloop")).expanduser()
 
 
 class DFTSettings(BaseSettings):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def crystalloop_home() -> Path:
-    return Path(os.environ.get("CRYSTALLOOP_HOME", Path.home() / ".crystalloop")).expanduser()
+from generators.home import crystalloop_home
 
 
 class PolicySettings(BaseSettings):

@@ -25,6 +25,16 @@ def perov_csv(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_csv(perov_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 30 real perovskites as their own CSV: enough for tiny training runs."""
+    import pandas as pd
+
+    path = tmp_path_factory.mktemp("perov") / "perov_small.csv"
+    pd.read_csv(perov_csv, nrows=30).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
 def matminer_dir(shared_data: Path) -> Path:
     return shared_data / "matminer_0.4.0"
 

@@ -6,7 +6,6 @@ import csv
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 from pymatgen.core import Structure
 from typer.testing import CliRunner
@@ -28,11 +27,9 @@ N = 16
 
 
 @pytest.fixture(scope="module")
-def records(perov_csv, tmp_path_factory):
-    path = tmp_path_factory.mktemp("perov") / "perov_small.csv"
-    pd.read_csv(perov_csv, nrows=30).to_csv(path, index=False)
-    recs, _ = read_table(path)
-    return path, recs
+def records(small_csv):
+    recs, _ = read_table(small_csv)
+    return small_csv, recs
 
 
 @pytest.fixture(scope="module")

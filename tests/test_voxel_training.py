@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -23,13 +22,6 @@ from generators.voxel.train import (
 )
 
 N = 16
-
-
-@pytest.fixture(scope="module")
-def small_csv(perov_csv, tmp_path_factory):
-    path = tmp_path_factory.mktemp("perov") / "perov_small.csv"
-    pd.read_csv(perov_csv, nrows=30).to_csv(path, index=False)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def crystalloop_home() -> Path:
-    """CRYSTALLOOP_HOME, or ~/.crystalloop: the root of every data, model and store directory."""
-    return Path(os.environ.get("CRYSTALLOOP_HOME", Path.home() / ".crystalloop")).expanduser()
+from generators.home import crystalloop_home
 
 
 class StoreSettings(BaseSettings):

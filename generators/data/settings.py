@@ -7,12 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def crystalloop_home() -> Path:
-    """CRYSTALLOOP_HOME, or ~/.crystalloop: the root of every data, model and store directory."""
-    import os
-
-    return Path(os.environ.get("CRYSTALLOOP_HOME", Path.home() / ".crystalloop")).expanduser()
+from generators.home import crystalloop_home
 
 
 class DataSettings(BaseSettings):
