@@ -40,9 +40,19 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: one per core)"
+    )
     args = parser.parse_args()
     run_evaluation(
-        args.model, args.data, args.json, args.per_decile, args.limit, args.seed, args.threads
+        args.model,
+        args.data,
+        args.json,
+        args.per_decile,
+        args.limit,
+        args.seed,
+        args.threads,
+        workers=args.workers,
     )
 
 

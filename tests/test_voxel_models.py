@@ -120,6 +120,9 @@ def test_class_weights_inverse_counts_and_empty_zero():
     assert w[0] == 0 and w[3] == 0
     assert w[1] / w[2] == pytest.approx(4.0)
     assert w[1:3].mean() == pytest.approx(1.0)
+    tempered = class_weights([1000, 10, 40, 0], power=0.5)  # counts**-0.5
+    assert tempered[1] / tempered[2] == pytest.approx(2.0)
+    assert tempered[0] == 0 and tempered[3] == 0
 
 
 def test_unet_loss_terms(batch):

@@ -62,6 +62,9 @@ def register(app: typer.Typer) -> None:
             "--stem-pool/--no-stem-pool",
             help="convolve at half resolution and below, full resolution via 1x1 (~5x cheaper)",
         ),
+        class_weight_power: float = typer.Option(
+            None, help="species weights = voxel counts**-power (paper: 1.0, inverse frequency)"
+        ),
         max_minutes: float = typer.Option(None, help="stop cleanly after this wall time"),
         resume: Path = typer.Option(None, help="continue from this checkpoint"),
         seed: int = typer.Option(None, help="seed of weights, order and augmentation"),
@@ -87,6 +90,7 @@ def register(app: typer.Typer) -> None:
             property=property_key,
             unet_channels=_channels(channels),
             unet_stem_pool=stem_pool,
+            unet_class_weight_power=class_weight_power,
         )
         voxel_data = _load(data, property_key, max_records)
         try:
@@ -267,6 +271,9 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         limit: int = typer.Option(None, help="held-out structures to use (default: all; 0: skip)"),
         seed: int = typer.Option(0, help="sampling seed"),
         threads: int = typer.Option(None, help="CPU threads (default: all cores)"),
+        workers: int = typer.Option(
+            None, min=1, help="decoding processes (default: one per CPU core)"
+        ),
     ) -> None:
         """Measure a generator: reconstruction (EMD, lattice MAE, |dN|, recall) and sampling."""
         from generators.voxel.evaluate import run_evaluation
@@ -280,6 +287,7 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
                 limit,
                 seed,
                 threads,
+                workers=workers,
             )
         except (FileNotFoundError, ValueError) as exc:
             raise _fail(str(exc)) from exc

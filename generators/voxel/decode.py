@@ -158,14 +158,18 @@ def _segment_global(species: np.ndarray, settings: VoxelSettings) -> tuple[np.nd
     """Whole-grid periodic watershed, for components too large to unwrap into a box."""
     n = species.shape[0]
     occupied = species > 0
-    pad = max(2, n // 2)
+    pad = max(2, n // 4)  # distances beyond n/4 voxels only ever come from noise blobs
     padded = np.pad(species, pad, mode="wrap")
-    distance = np.zeros(padded.shape)
-    for z in np.unique(species[occupied]):
-        same = padded == z
-        distance[same] = ndi.distance_transform_edt(same)[same]
+    # One distance transform for all species: voxels on a species border count as background,
+    # so the distance runs to the nearest empty voxel or other-species neighbour (one voxel
+    # shorter at species borders than a per-species transform, which cost one 3-D EDT each).
+    interior = padded > 0
+    for axis in range(3):
+        for shift in (1, -1):
+            other = np.roll(padded, shift, axis=axis)
+            interior &= (other == padded) | (other == 0)
     core = (slice(pad, -pad),) * 3
-    distance = distance[core]
+    distance = ndi.distance_transform_edt(interior)[core]
     if settings.marker_smoothing_voxels > 0:
         distance = ndi.gaussian_filter(distance, settings.marker_smoothing_voxels, mode="wrap")
     peaks = (distance == ndi.maximum_filter(distance, size=3, mode="wrap")) & occupied

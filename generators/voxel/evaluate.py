@@ -94,10 +94,16 @@ def evaluate_reconstruction(
             counts[f"{name}_nonzero"] += int(nz.sum())
             sums[f"{name}_occ_hit"] += float(((species > 0) == nz).sum())
             counts[f"{name}_voxels"] += int(nz.size)
+            for c in range(1, len(generator.elements)):
+                of_class = true_species == generator.elements[c]
+                sums[f"{name}_class_hit_{c}"] += float(
+                    (species[of_class] == generator.elements[c]).sum()
+                )
+                counts[f"{name}_class_{c}"] += int(of_class.sum())
             if name == "unet":  # the UNet-only crystals use the true coordinate grid
                 coords = (x[:, 1:] * generator.coord_scale).permute(0, 2, 3, 4, 1).numpy()
-            for i, rec in enumerate(chunk):
-                d = generator.decode_one(species[i], confidence[i], coords[i])
+            decoded = generator.map_decode(species, confidence, coords)
+            for rec, d in zip(chunk, decoded, strict=True):
                 pred, true = d.structure, rec.structure
                 row = {
                     "emd": emd(pred, true)
@@ -125,8 +131,16 @@ def evaluate_reconstruction(
     }
     for name in ("unet", "pipeline"):
         k = max(counts[name], 1)
+        present = [c for c in range(1, len(generator.elements)) if counts[f"{name}_class_{c}"]]
         out |= {
             f"{name}_recall_nonzero": sums[f"{name}_hit"] / max(counts[f"{name}_nonzero"], 1),
+            f"{name}_recall_class_mean": float(
+                np.mean(
+                    [sums[f"{name}_class_hit_{c}"] / counts[f"{name}_class_{c}"] for c in present]
+                )
+            )
+            if present
+            else 0.0,
             f"{name}_occupancy_accuracy": sums[f"{name}_occ_hit"]
             / max(counts[f"{name}_voxels"], 1),
             f"{name}_mean_emd_A": sums[f"{name}_emd"] / k,
@@ -233,11 +247,13 @@ def run_evaluation(
     seed: int = 0,
     threads: int | None = None,
     quiet: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Load a generator, evaluate it, print a table and (optionally) write JSON.
 
     `data` defaults to the model's own training source (its stored validation split is then
-    held out); `limit` caps the held-out structures, `per_decile` the random samples.
+    held out); `limit` caps the held-out structures, `per_decile` the random samples;
+    `workers` decoding processes (default: one per CPU core).
     """
     import json
     import os
@@ -252,7 +268,8 @@ def run_evaluation(
 
     console = Console(quiet=quiet)
     setup_threads(threads)
-    generator = VoxelGenerator.load(model)
+    workers = workers or os.cpu_count() or 1
+    generator = VoxelGenerator.load(model, workers=workers)
     specs = data or generator.vae_state["data"]["source"].split("+")
     val: list[Record] = []
     train: list[Record] = []
@@ -276,6 +293,7 @@ def run_evaluation(
         "data": specs,
         "held_out_split_used": any_split,
         "threads": torch.get_num_threads(),
+        "decoding_workers": workers,
         "load_average_1min_at_start": os.getloadavg()[0],
         "cpu_count": os.cpu_count(),
     }
@@ -295,6 +313,7 @@ def run_evaluation(
                 seed,
                 progress=lambda k: bar.advance(task2, k),
             )
+    generator.close()
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     flat = {k: v for part in ("reconstruction", "sampling") for k, v in result[part].items()}
     result["targets"] = check_targets(flat)

@@ -14,16 +14,19 @@ import torch
 from torch.nn import functional as F
 
 
-def class_weights(counts: Sequence[int] | np.ndarray) -> torch.Tensor:
-    """Cross-entropy weights inversely proportional to voxel counts; class 0 (empty) gets 0.
+def class_weights(counts: Sequence[int] | np.ndarray, power: float = 1.0) -> torch.Tensor:
+    """Cross-entropy weights proportional to counts**-power; class 0 (empty) gets 0.
 
+    power = 1 is the paper's inverse-frequency weighting. With ~50 elements it weighs a rare
+    element's voxel thousands of times more than an oxygen voxel, so a briefly trained model
+    gives up the common anions, which are most of the voxels; power < 1 tempers that.
     Normalised so the mean weight over the non-empty classes present is 1; absent classes get 0.
     """
     c = np.asarray(counts, dtype=np.float64)
     w = np.zeros_like(c)
     present = c > 0
     present[0] = False
-    w[present] = 1.0 / c[present]
+    w[present] = c[present] ** -power
     if present.any():
         w[present] /= w[present].mean()
     return torch.as_tensor(w, dtype=torch.float32)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ class VoxelGenerator:
         device: str | torch.device = "cpu",
         batch_size: int = 64,
         region_vote: bool = True,
+        workers: int = 1,
     ):
         if vae_state.get("unet_version") not in (None, unet_state["model_version"]):
             # Allowed (a UNet can be retrained), but the pairing is worth knowing.
@@ -91,6 +94,10 @@ class VoxelGenerator:
             )
         self.batch_size = batch_size
         self.region_vote = region_vote
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = int(workers)
+        self._pool: ProcessPoolExecutor | None = None
         self.model_version = f"vae-{vae_state['model_version']}+unet-{unet_state['model_version']}"
 
     # ----------------------------------------------------------------------------- loading
@@ -186,54 +193,61 @@ class VoxelGenerator:
 
     def decode_grids(self, grids: torch.Tensor) -> list[Generated]:
         """Segment and decode generated grids into crystals (one per grid)."""
-        species, confidence, coords = self.segment(grids)
-        out = []
+        return [f.result() for f in self._submit(decode_generated, *self.segment(grids))]
+
+    def map_decode(
+        self, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray
+    ) -> list[Any]:
+        """`decode_one` over a batch (B,n,n,n), in the worker pool when there is one."""
+        return [f.result() for f in self._submit(decode_voxels, species, confidence, coords)]
+
+    def _submit(self, fn, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray):
+        """Futures of fn(one grid's UNet output), from the worker pool or computed inline."""
+        pool = self._decoding_pool()
+        futures: list[Future] = []
         for s, p, c in zip(species, confidence, coords, strict=True):
-            d = self.decode_one(s, p, c)
-            out.append(Generated(d.structure, d.too_close, d.lattice, d.n_sites, d.dropped_regions))
-        return out
+            args = (s.astype(np.int16), p, _cubic_length(c), self.voxel_settings, self.region_vote)
+            if pool is None:
+                future: Future = Future()
+                future.set_result(fn(*args))
+            else:
+                future = pool.submit(fn, *args)
+            futures.append(future)
+        return futures
+
+    def _decoding_pool(self) -> ProcessPoolExecutor | None:
+        """Worker processes for decoding (scipy/scikit-image, single-threaded), made on first use.
+
+        Decoding is most of a sample's CPU time; with workers the networks of the next batch run
+        while the pool segments the previous one.
+        """
+        if self.workers <= 1:
+            return None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        """Shut the decoding workers down (also done at interpreter exit)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def decode_one(self, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray):
         """UNet output of one grid -> `Decoded` (cubic cell; per-region species vote)."""
-        from generators.voxel.decode import decode
-
-        coords = self.cubic_coords(coords)
-        if self.region_vote:
-            species = self.vote_regions(species, confidence)
-        return decode(species, coords, self.voxel_settings, probabilities=confidence)
-
-    def cubic_coords(self, coords: np.ndarray) -> np.ndarray:
-        """The model's cells are cubic: one length, the mean of the three least-squares fits."""
-        from generators.voxel.encode import coordinate_grid, lattice_from_coords
-
-        a = float(np.mean(lattice_from_coords(coords)))
-        return coordinate_grid([a, a, a], coords.shape[0])
+        return decode_voxels(
+            species, confidence, _cubic_length(coords), self.voxel_settings, self.region_vote
+        )
 
     def vote_regions(self, species: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-        """Regions from occupancy, species by confidence-weighted vote inside each region.
-
-        A weakly trained UNet flips species voxel by voxel inside one atom, and every flip
-        would become its own site; segmenting the occupancy mask first keeps one site per atom.
-        """
-        from generators.voxel.decode import segment
-
-        labels, count = segment((species > 0).astype(np.int64), self.voxel_settings)
-        if count == 0:
-            return species
-        occupied = labels > 0
-        lab, z = labels[occupied], species[occupied]
-        votes = np.zeros((count + 1, int(self.elements.max()) + 1))
-        np.add.at(votes, (lab, z), confidence[occupied])
-        out = np.zeros_like(species)
-        out[occupied] = votes.argmax(axis=1)[lab]
-        return out
+        return vote_regions(species, confidence, self.voxel_settings)
 
     @torch.no_grad()
     def decode_latents(
         self, z: torch.Tensor, condition: torch.Tensor
     ) -> tuple[list[Generated], torch.Tensor]:
         """Batched decoder -> UNet -> decode. `condition` is (B, n_deciles), one-hot or soft."""
-        results: list[Generated] = []
+        futures: list[Future] = []
         grids = []
         for start in range(0, len(z), self.batch_size):
             g = self.vae.decode(
@@ -241,8 +255,8 @@ class VoxelGenerator:
                 condition[start : start + self.batch_size].to(self.device),
             )
             grids.append(g.cpu())
-            results.extend(self.decode_grids(g))
-        return results, torch.cat(grids) if grids else torch.empty(0)
+            futures.extend(self._submit(decode_generated, *self.segment(g)))
+        return [f.result() for f in futures], torch.cat(grids) if grids else torch.empty(0)
 
     def _candidate(
         self,
@@ -408,3 +422,64 @@ def _structure_of(base: Any) -> Structure:
     if isinstance(structure, Structure):
         return structure
     raise TypeError(f"expected a pymatgen Structure or a Record, got {type(base).__name__}")
+
+
+# ------------------------------------------------------------------ decoding (picklable)
+
+
+def _cubic_length(coords: np.ndarray) -> float:
+    """The model's cells are cubic: one length, the mean of the three least-squares fits."""
+    from generators.voxel.encode import lattice_from_coords
+
+    return float(np.mean(lattice_from_coords(coords)))
+
+
+def vote_regions(
+    species: np.ndarray, confidence: np.ndarray, settings: VoxelSettings
+) -> np.ndarray:
+    """Regions from occupancy, species by confidence-weighted vote inside each region.
+
+    A weakly trained UNet flips species voxel by voxel inside one atom, and every flip
+    would become its own site; segmenting the occupancy mask first keeps one site per atom.
+    """
+    from generators.voxel.decode import segment
+
+    labels, count = segment((species > 0).astype(np.int64), settings)
+    if count == 0:
+        return species
+    occupied = labels > 0
+    lab, z = labels[occupied], species[occupied].astype(np.int64)
+    votes = np.zeros((count + 1, int(z.max()) + 1))
+    np.add.at(votes, (lab, z), confidence[occupied])
+    out = np.zeros_like(species)
+    out[occupied] = votes.argmax(axis=1)[lab]
+    return out
+
+
+def decode_voxels(
+    species: np.ndarray,
+    confidence: np.ndarray,
+    length: float,
+    settings: VoxelSettings,
+    region_vote: bool = True,
+):
+    """UNet output of one grid (species Z, confidence) and its cubic cell length -> `Decoded`."""
+    from generators.voxel.decode import decode
+    from generators.voxel.encode import coordinate_grid
+
+    coords = coordinate_grid([length] * 3, species.shape[0])
+    if region_vote:
+        species = vote_regions(species, confidence, settings)
+    return decode(species, coords, settings, probabilities=confidence)
+
+
+def decode_generated(
+    species: np.ndarray,
+    confidence: np.ndarray,
+    length: float,
+    settings: VoxelSettings,
+    region_vote: bool = True,
+) -> Generated:
+    """`decode_voxels` reduced to what a candidate needs (runs in decoding workers)."""
+    d = decode_voxels(species, confidence, length, settings, region_vote)
+    return Generated(d.structure, d.too_close, d.lattice, d.n_sites, d.dropped_regions)

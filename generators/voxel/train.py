@@ -51,6 +51,9 @@ class GeneratorSettings(BaseSettings):
     unet_lr: float = Field(3e-6, gt=0, description="paper: 3e-6")
     unet_batch: int = Field(10, ge=1, description="paper: 10")
     unet_epochs: int = Field(10, ge=1)
+    unet_class_weight_power: float = Field(
+        1.0, ge=0, description="species CE weights = counts**-power (paper: 1, inverse frequency)"
+    )
     # VAE
     vae_channels: tuple[int, ...] = (8, 16, 32, 64, 64)
     vae_convs_per_block: int = 1
@@ -614,7 +617,7 @@ def train_unet(
         elements, density_scale = state["elements"], state["density_scale"]
     lut = class_lookup(elements)
     counts = np.bincount(lut[data.species[train_idx]].ravel(), minlength=len(elements) + 1)
-    weights = class_weights(counts).to(device)
+    weights = class_weights(counts, settings.unet_class_weight_power).to(device)
     config = UNetConfig(
         n_classes=len(elements) + 1,
         channels=tuple(settings.unet_channels),
