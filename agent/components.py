@@ -38,7 +38,10 @@ class GeneratorSlot:
         if cfg.name == "voxel-vae":
             from generators.voxel.sample import VoxelGenerator
 
-            return VoxelGenerator.load(cfg.checkpoint)
+            workers = int(cfg.options.get("workers", 1))
+            if workers < 1:
+                raise ComponentError("generator 'voxel-vae': options.workers must be >= 1")
+            return VoxelGenerator.load(cfg.checkpoint, workers=workers)
         if cfg.name == "dataset":
             from generators.data import load_source, select_cubic
             from generators.dataset import DatasetGenerator

@@ -199,6 +199,7 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         seed: int = typer.Option(None, help="seed of candidate 0 (candidate i uses seed + i)"),
         model: Path = typer.Option(None, help="model dir or vae.pt (default: shipped model)"),
         valid_only: bool = typer.Option(False, help="write CIFs of valid candidates only"),
+        workers: int = typer.Option(1, min=1, help="decoding processes (2 on two free cores)"),
     ) -> None:
         """Generate crystals (random, targeted or interpolation) and write CIFs + summary.csv."""
         import csv
@@ -210,7 +211,7 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         if to is not None and base is None:
             raise typer.BadParameter("--to needs --base (interpolation goes from base to --to)")
         try:
-            generator = VoxelGenerator.load(model)
+            generator = VoxelGenerator.load(model, workers=workers)
             if base is None:
                 mode = "random"
                 cands = generator.sample_random(n, 0 if decile is None else decile, seed=seed)
@@ -224,6 +225,7 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
                 else:
                     mode = "interpolation"
                     cands = generator.interpolate(structures[0], structures[1], max(n, 2))
+            generator.close()
         except (FileNotFoundError, ValueError) as exc:
             raise _fail(str(exc)) from exc
         out.mkdir(parents=True, exist_ok=True)
