@@ -40,9 +40,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
-    parser.add_argument(
-        "--workers", type=int, default=None, help="decoding processes (default: one per core)"
-    )
+    parser.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
     args = parser.parse_args()
     run_evaluation(
         args.model,

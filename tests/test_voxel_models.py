@@ -13,7 +13,7 @@ from generators.voxel.losses import class_weights, kld, perceptual, unet_loss, v
 from generators.voxel.rotations import rotate_structure
 from generators.voxel.settings import VoxelSettings
 from generators.voxel.train import class_lookup, coordinate_channels, rotate_grid
-from generators.voxel.unet import UNet3D, UNetConfig
+from generators.voxel.unet import UNet3D, UNetConfig, periodic_max
 from generators.voxel.vae import ConditionalVAE, VAEConfig, one_hot_decile
 
 N = 16  # a 16^3 grid keeps these tests fast; the models are grid-size agnostic
@@ -58,6 +58,34 @@ def test_unet_stem_pool_variant(batch):
     assert logits.shape == (4, 4, N, N, N) and occupancy.shape == (4, N, N, N)
     assert [h.shape[-1] for h in hidden] == [N // 2, N // 4, N // 2, N]
     assert [f.shape[-1] for f in model.features(density)] == [N // 2, N // 4]
+
+
+def test_unet_predict_matches_the_full_head(batch):
+    """predict() evaluates species logits only on occupied voxels; same answer as forward()."""
+    density, _, _ = batch
+    torch.manual_seed(0)
+    model = UNet3D(UNetConfig(n_classes=6, channels=(8, 16), stem_pool=True)).eval()
+    with torch.no_grad():
+        _, occupancy = model(density)
+        model.head.bias[-1] -= occupancy.median()  # about half the voxels occupied
+        logits, occupancy = model(density)
+        labels, confidence = model.predict(density)
+    occupied = occupancy > 0
+    assert 0 < occupied.float().mean() < 1
+    p_best, idx = torch.softmax(logits[:, 1:], dim=1).max(dim=1)
+    p_occ = torch.sigmoid(occupancy)
+    assert torch.equal(labels, torch.where(occupied, idx + 1, torch.zeros_like(idx)))
+    expected = torch.where(occupied, p_best * p_occ, 1 - p_occ)
+    assert torch.allclose(confidence, expected, atol=1e-6)
+
+
+def test_peak_windows_are_exact_window_maxima(batch):
+    """The chained window maxima equal direct periodic k-window maxima."""
+    density, _, _ = batch
+    model = UNet3D(UNetConfig(n_classes=3, channels=(4, 8), peak_windows=(3, 5, 9)))
+    inputs = model._inputs(density)
+    for i, k in enumerate((3, 5, 9)):
+        assert torch.equal(inputs[:, 3 + 2 * i : 4 + 2 * i], periodic_max(density, k))
 
 
 def test_unet_is_periodic(batch):

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from pymatgen.core import Structure
 from typer.testing import CliRunner
 
@@ -222,3 +223,35 @@ def test_decoding_workers_give_the_same_crystals(tiny_model):
     assert [c.validity for c in pooled] == [c.validity for c in inline]
     with pytest.raises(ValueError, match="workers"):
         VoxelGenerator.load(tiny_model, workers=0)
+
+
+def test_fitted_latent_prior_is_stored_and_used(tiny_model, records, tmp_path):
+    """`train prior` adds a Gaussian fitted to the training posteriors; sampling then uses it."""
+    from generators.voxel.prior import add_latent_prior, posterior_means
+
+    path, _ = records
+    data = load_voxel_data(
+        str(path), voxel=VoxelSettings(n_grid=N), cache_dir=tmp_path / "cache", progress=False
+    )
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    state = load_checkpoint(folder / "vae.pt", "vae")
+    mu = posterior_means(state, data)
+    assert len(mu) == len(data) - len(state["data"]["val_ids"])  # training split only
+    prior = add_latent_prior(folder / "vae.pt", data)
+    assert torch.allclose(prior["mean"], mu.mean(0), atol=1e-5)
+    cov = prior["scale_tril"] @ prior["scale_tril"].T
+    assert torch.allclose(cov.diagonal(), mu.double().var(0).float() + 1e-3, rtol=1e-3)
+
+    fitted = VoxelGenerator.load(folder)  # auto -> fitted when the checkpoint has one
+    standard = VoxelGenerator.load(folder, prior="standard")
+    assert fitted.prior == "fitted" and standard.prior == "standard"
+    a = fitted.sample_random(3, decile=1, seed=5)
+    b = standard.sample_random(3, decile=1, seed=5)
+    _check(a, 3, "random", fitted)
+    assert a[0].provenance.condition["prior"] == "fitted"
+    z_a, z_b = torch.tensor(a[0].provenance.latent), torch.tensor(b[0].provenance.latent)
+    expected = prior["mean"] + prior["scale_tril"] @ z_b  # same noise, mapped by the fit
+    assert torch.allclose(z_a, expected, atol=1e-3)
+    with pytest.raises(ValueError, match="no fitted latent prior"):
+        VoxelGenerator.load(tiny_model, prior="fitted")

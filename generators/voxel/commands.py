@@ -160,6 +160,26 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(exc)) from exc
         console.print(f"wrote {result.path} after {result.steps} steps ({result.seconds:.0f} s)")
 
+    @train_app.command("prior")
+    def train_prior_cmd(
+        data: list[str] = typer.Option(..., "--data", "-d", help=DATA_HELP),
+        vae: Path = typer.Option(..., "--vae", help="VAE checkpoint to add the prior to"),
+        out: Path = typer.Option(None, "--out", "-o", help="write here (default: in place)"),
+        property_key: str = typer.Option(
+            "formation_energy_per_atom", "--property", help="the VAE's conditioning property"
+        ),
+        max_records: int = typer.Option(None, help="use only the first N records per source"),
+    ) -> None:
+        """Fit the random-sampling latent prior to a trained VAE's training posteriors."""
+        from generators.voxel.prior import add_latent_prior
+
+        voxel_data = _load(data, property_key, max_records)
+        try:
+            prior = add_latent_prior(vae, voxel_data, out)
+        except (FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
+        console.print(f"latent prior fitted on {prior['n_fitted']} structures -> {out or vae}")
+
     app.add_typer(train_app, name="train")
     _register_sampling(app, evaluate_app)
     app.add_typer(evaluate_app, name="evaluate")
@@ -199,7 +219,9 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         seed: int = typer.Option(None, help="seed of candidate 0 (candidate i uses seed + i)"),
         model: Path = typer.Option(None, help="model dir or vae.pt (default: shipped model)"),
         valid_only: bool = typer.Option(False, help="write CIFs of valid candidates only"),
-        workers: int = typer.Option(1, min=1, help="decoding processes (2 on two free cores)"),
+        workers: int = typer.Option(
+            1, min=1, help="decoding processes (helps only where decoding dominates)"
+        ),
     ) -> None:
         """Generate crystals (random, targeted or interpolation) and write CIFs + summary.csv."""
         import csv
@@ -273,9 +295,7 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         limit: int = typer.Option(None, help="held-out structures to use (default: all; 0: skip)"),
         seed: int = typer.Option(0, help="sampling seed"),
         threads: int = typer.Option(None, help="CPU threads (default: all cores)"),
-        workers: int = typer.Option(
-            None, min=1, help="decoding processes (default: one per CPU core)"
-        ),
+        workers: int = typer.Option(None, min=1, help="decoding processes (default 1)"),
     ) -> None:
         """Measure a generator: reconstruction (EMD, lattice MAE, |dN|, recall) and sampling."""
         from generators.voxel.evaluate import run_evaluation

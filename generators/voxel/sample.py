@@ -63,6 +63,7 @@ class VoxelGenerator:
         batch_size: int = 64,
         region_vote: bool = True,
         workers: int = 1,
+        prior: str = "auto",
     ):
         if vae_state.get("unet_version") not in (None, unet_state["model_version"]):
             # Allowed (a UNet can be retrained), but the pairing is worth knowing.
@@ -94,6 +95,17 @@ class VoxelGenerator:
             )
         self.batch_size = batch_size
         self.region_vote = region_vote
+        self.latent_prior = vae_state.get("latent_prior")
+        if prior not in ("auto", "standard", "fitted"):
+            raise ValueError(f"prior must be 'auto', 'standard' or 'fitted', got {prior!r}")
+        if prior == "fitted" and self.latent_prior is None:
+            raise ValueError(
+                "this VAE checkpoint has no fitted latent prior: add one with "
+                "`crystalloop train prior`, or sample with prior='standard' (N(0, I))"
+            )
+        if prior == "auto":
+            prior = "fitted" if self.latent_prior is not None else "standard"
+        self.prior = prior
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = int(workers)
@@ -311,15 +323,21 @@ class VoxelGenerator:
         return out
 
     def sample_random(self, n: int, decile: int, seed: int | None = None) -> list[Candidate]:
-        """z ~ N(0, I) under one condition decile; candidate i uses seed + i."""
+        """Random latents under one condition decile; candidate i uses seed + i.
+
+        z ~ N(0, I) (the paper) with prior 'standard'; with 'fitted', z = mean + L eps, the
+        Gaussian fitted to the training posteriors (see generators.voxel.prior).
+        """
         self._check_decile(decile)
         if n < 1:
             return []
         seeds = self._seeds(n, seed)
         z = self._noise(seeds)
+        if self.prior == "fitted":
+            z = self.latent_prior["mean"] + z @ self.latent_prior["scale_tril"].T
         cond = one_hot_decile([decile] * n, self.n_deciles)
         gens, _ = self.decode_latents(z, cond)
-        condition = self._condition(decile)
+        condition = self._condition(decile, prior=self.prior)
         return [
             self._candidate(g, "random", condition, s, zi)
             for g, s, zi in zip(gens, seeds, z, strict=True)
