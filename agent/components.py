@@ -41,7 +41,11 @@ class GeneratorSlot:
             workers = int(cfg.options.get("workers", 1))
             if workers < 1:
                 raise ComponentError("generator 'voxel-vae': options.workers must be >= 1")
-            return VoxelGenerator.load(cfg.checkpoint, workers=workers)
+            prior = str(cfg.options.get("prior", "auto"))
+            try:
+                return VoxelGenerator.load(cfg.checkpoint, workers=workers, prior=prior)
+            except (FileNotFoundError, ValueError) as exc:
+                raise ComponentError(f"generator 'voxel-vae': {exc}") from exc
         if cfg.name == "dataset":
             from generators.data import load_source, select_cubic
             from generators.dataset import DatasetGenerator

@@ -222,6 +222,11 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         workers: int = typer.Option(
             1, min=1, help="decoding processes (helps only where decoding dominates)"
         ),
+        prior: str = typer.Option(
+            "auto",
+            help="random-mode latents: 'fitted' (Gaussian fitted to the training posteriors), "
+            "'standard' (N(0, I), the paper) or 'auto' (fitted when the model has one)",
+        ),
     ) -> None:
         """Generate crystals (random, targeted or interpolation) and write CIFs + summary.csv."""
         import csv
@@ -233,7 +238,7 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         if to is not None and base is None:
             raise typer.BadParameter("--to needs --base (interpolation goes from base to --to)")
         try:
-            generator = VoxelGenerator.load(model, workers=workers)
+            generator = VoxelGenerator.load(model, workers=workers, prior=prior)
             if base is None:
                 mode = "random"
                 cands = generator.sample_random(n, 0 if decile is None else decile, seed=seed)
