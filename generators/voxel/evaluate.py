@@ -305,26 +305,22 @@ def run_evaluation(
             result["reconstruction"] = evaluate_reconstruction(
                 generator, val, progress=lambda k: bar.advance(task, k)
             )
-        if per_decile > 0:  # per_decile=0 skips this part
-            task2 = bar.add_task("random sampling per decile", total=generator.n_deciles)
-            result["sampling"] = evaluate_sampling(
+        # per_decile=0 skips sampling; a fitted prior is also compared with the paper's N(0, I)
+        runs = [("sampling", generator.prior)] if per_decile > 0 else []
+        if runs and generator.prior == "fitted":
+            runs.append(("sampling_standard_prior", "standard"))
+        training = [r.structure for r in train]
+        for key, prior in runs:
+            generator.prior = prior
+            task2 = bar.add_task(f"random sampling, {prior} prior", total=generator.n_deciles)
+            result[key] = evaluate_sampling(
                 generator,
                 per_decile,
-                [r.structure for r in train],
+                training,
                 seed,
-                progress=lambda k: bar.advance(task2, k),
+                progress=lambda k, t=task2: bar.advance(t, k),
             )
-        if per_decile > 0 and generator.prior == "fitted":  # also the paper's z ~ N(0, I)
-            generator.prior = "standard"
-            task3 = bar.add_task("random sampling, N(0, I) prior", total=generator.n_deciles)
-            result["sampling_standard_prior"] = evaluate_sampling(
-                generator,
-                per_decile,
-                [r.structure for r in train],
-                seed,
-                progress=lambda k: bar.advance(task3, k),
-            )
-            generator.prior = "fitted"
+        generator.prior = runs[0][1] if runs else generator.prior
     generator.close()
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     flat = {k: v for part in ("reconstruction", "sampling") for k, v in result[part].items()}
