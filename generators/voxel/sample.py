@@ -210,7 +210,7 @@ class VoxelGenerator:
     def map_decode(
         self, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray
     ) -> list[Any]:
-        """`decode_one` over a batch (B,n,n,n), in the worker pool when there is one."""
+        """`decode_voxels` over a batch (B,n,n,n), in the worker pool when there is one."""
         return [f.result() for f in self._submit(decode_voxels, species, confidence, coords)]
 
     def _submit(self, fn, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray):
@@ -244,12 +244,6 @@ class VoxelGenerator:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
-
-    def decode_one(self, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray):
-        """UNet output of one grid -> `Decoded` (cubic cell; per-region species vote)."""
-        return decode_voxels(
-            species, confidence, _cubic_length(coords), self.voxel_settings, self.region_vote
-        )
 
     def vote_regions(self, species: np.ndarray, confidence: np.ndarray) -> np.ndarray:
         return vote_regions(species, confidence, self.voxel_settings)
