@@ -87,6 +87,18 @@ def test_touching_atoms_of_one_element_are_split_by_watershed():
     assert all(s.z == 8 for s in decoded.sites)
 
 
+def test_given_regions_replace_the_segmentation():
+    """A caller that has segmented already (the generator's occupancy vote) passes its regions;
+    decoding then keeps them as they are instead of splitting by species again."""
+    n = 32
+    species = np.where(_ball(n, (1, 10, 10), 4) | _ball(n, (-5, 10, 10), 4), 8, 0)
+    one_region = ((species > 0).astype(np.int32), 1)
+    decoded = decode(species, coordinate_grid([8.0] * 3, n), regions=one_region)
+    assert decoded.n_sites == 1 and decoded.sites[0].z == 8
+    with pytest.raises(ValueError, match="regions must have shape"):
+        decode(species, coordinate_grid([8.0] * 3, n), regions=(np.zeros((4, 4, 4)), 0))
+
+
 def test_close_sites_are_reported_not_merged():
     n = 32
     species = np.zeros((n, n, n), dtype=int)

@@ -88,6 +88,16 @@ def test_peak_windows_are_exact_window_maxima(batch):
         assert torch.equal(inputs[:, 3 + 2 * i : 4 + 2 * i], periodic_max(density, k))
 
 
+def test_periodic_max_equals_rolled_maxima():
+    """The separable window max wraps around the cell like a max over every periodic shift."""
+    x = torch.rand(2, 1, 7, 7, 7)
+    shifts = range(-2, 3)
+    expected = torch.stack(
+        [x.roll((a, b, c), dims=(2, 3, 4)) for a in shifts for b in shifts for c in shifts]
+    ).amax(dim=0)
+    assert torch.equal(periodic_max(x, 5), expected)
+
+
 def test_unet_is_periodic(batch):
     """Circular padding: translating the crystal by whole pooling cells translates the output."""
     density, _, _ = batch

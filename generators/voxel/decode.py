@@ -314,11 +314,14 @@ def decode(
     coords: np.ndarray,
     settings: VoxelSettings | None = None,
     probabilities: np.ndarray | None = None,
+    regions: tuple[np.ndarray, int] | None = None,
 ) -> Decoded:
     """Species matrix (n,n,n of Z, 0 empty) + coordinate grid (n,n,n,3) -> crystal.
 
     `probabilities` (optional, (n,n,n), e.g. a generator's occupancy confidence) weights each
     voxel in the centroid and in the species vote; without it all occupied voxels count equally.
+    `regions` (labels, count), when the caller has already segmented this `species` (and
+    denoised it, if wanted), skips the clean-up and the segmentation here.
     """
     settings = settings or VoxelSettings()
     species = np.asarray(species)
@@ -336,9 +339,14 @@ def decode(
     )
     if weights.shape != species.shape:
         raise ValueError(f"probabilities must have shape {species.shape}, got {weights.shape}")
-    if settings.denoise:
-        species = denoise_species(species)
-    labels, count = segment(species, settings)
+    if regions is not None:
+        labels, count = regions
+        if labels.shape != species.shape:
+            raise ValueError(f"regions must have shape {species.shape}, got {labels.shape}")
+    else:
+        if settings.denoise:
+            species = denoise_species(species)
+        labels, count = segment(species, settings)
     if count == 0:
         return Decoded(None, [], [], lattice, notes=["no occupied voxels"])
     labels, count, dropped = _absorb_small_regions(labels, count, settings.min_region_voxels)

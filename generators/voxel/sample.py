@@ -246,7 +246,8 @@ class VoxelGenerator:
             self._pool = None
 
     def vote_regions(self, species: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-        return vote_regions(species, confidence, self.voxel_settings)
+        """Species after the per-region vote (see `vote_regions`)."""
+        return vote_regions(species, confidence, self.voxel_settings)[0]
 
     @torch.no_grad()
     def decode_latents(
@@ -448,24 +449,26 @@ def _cubic_length(coords: np.ndarray) -> float:
 
 def vote_regions(
     species: np.ndarray, confidence: np.ndarray, settings: VoxelSettings
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Regions from occupancy, species by confidence-weighted vote inside each region.
 
     A weakly trained UNet flips species voxel by voxel inside one atom, and every flip
     would become its own site; segmenting the occupancy mask first keeps one site per atom.
+    Returns (voted species, region labels, region count); the labels are final, so decoding
+    needs no second segmentation.
     """
     from generators.voxel.decode import segment
 
     labels, count = segment((species > 0).astype(np.int64), settings)
     if count == 0:
-        return species
+        return species, labels, 0
     occupied = labels > 0
     lab, z = labels[occupied], species[occupied].astype(np.int64)
     votes = np.zeros((count + 1, int(z.max()) + 1))
     np.add.at(votes, (lab, z), confidence[occupied])
     out = np.zeros_like(species)
     out[occupied] = votes.argmax(axis=1)[lab]
-    return out
+    return out, labels, count
 
 
 def decode_voxels(
@@ -475,14 +478,22 @@ def decode_voxels(
     settings: VoxelSettings,
     region_vote: bool = True,
 ):
-    """UNet output of one grid (species Z, confidence) and its cubic cell length -> `Decoded`."""
-    from generators.voxel.decode import decode
+    """UNet output of one grid (species Z, confidence) and its cubic cell length -> `Decoded`.
+
+    With `region_vote`, the grid is cleaned (`VoxelSettings.denoise`), segmented once on
+    occupancy, and each region takes its voted species.
+    """
+    from generators.voxel.decode import decode, denoise_species
     from generators.voxel.encode import coordinate_grid
 
     coords = coordinate_grid([length] * 3, species.shape[0])
-    if region_vote:
-        species = vote_regions(species, confidence, settings)
-    return decode(species, coords, settings, probabilities=confidence)
+    if not region_vote:
+        return decode(species, coords, settings, probabilities=confidence)
+    species = np.rint(species).astype(np.int64).clip(min=0)
+    if settings.denoise:
+        species = denoise_species(species)
+    voted, labels, count = vote_regions(species, confidence, settings)
+    return decode(voted, coords, settings, probabilities=confidence, regions=(labels, count))
 
 
 def decode_generated(

@@ -170,14 +170,16 @@ class UNet3D(nn.Module):
 
 
 def periodic_max(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Max over a periodic k x k x k window (separable: three 1-D max-pools, wrap padding)."""
+    """Max over a periodic k x k x k window (separable: three 1-D maxima, wrap padding).
+
+    `unfold(...).amax` rather than `max_pool3d`, which on CPU also computes argmax indices
+    and took 15 % of the UNet's sampling time.
+    """
     pad = k // 2
     for axis in range(3):
         d = 2 + axis
         x = torch.cat([x.narrow(d, x.shape[d] - pad, pad), x, x.narrow(d, 0, pad)], dim=d)
-        kernel = [1, 1, 1]
-        kernel[axis] = k
-        x = F.max_pool3d(x, kernel_size=tuple(kernel), stride=1)
+        x = x.unfold(d, k, 1).amax(dim=-1)
     return x
 
 
