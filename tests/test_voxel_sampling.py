@@ -255,3 +255,29 @@ def test_fitted_latent_prior_is_stored_and_used(tiny_model, records, tmp_path):
     assert torch.allclose(z_a, expected, atol=1e-3)
     with pytest.raises(ValueError, match="no fitted latent prior"):
         VoxelGenerator.load(tiny_model, prior="fitted")
+
+
+def test_tuned_decoding_settings_are_stored_and_used(tiny_model, records, tmp_path):
+    """`train decoding` scores each setting on training structures and stores the best."""
+    from generators.voxel.decode_tuning import add_decoding_settings
+
+    path, _ = records
+    data = load_voxel_data(
+        str(path), voxel=VoxelSettings(n_grid=N), cache_dir=tmp_path / "cache", progress=False
+    )
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    grid = {"marker_smoothing_voxels": (1.0, 3.0), "min_region_voxels": (4, 8)}
+    result = add_decoding_settings(folder / "vae.pt", data, limit=6, grid=grid)
+    held_out = set(load_checkpoint(folder / "vae.pt", "vae")["data"]["val_ids"])
+    assert result["n_structures"] == min(6, len(data) - len(held_out))
+    assert len(result["table"]) == 4
+    best = min(result["table"], key=lambda r: (r["mean_emd_A"], r["mean_abs_delta_n"]))
+    assert result["settings"] == {k: best[k] for k in grid}
+    assert result["representation_defaults"]["min_region_voxels"] == 4
+    tuned = VoxelGenerator.load(folder)
+    for key, value in result["settings"].items():
+        assert getattr(tuned.voxel_settings, key) == value
+    assert VoxelGenerator.load(tiny_model).voxel_settings.min_region_voxels == 4
+    with pytest.raises(ValueError, match="can be tuned"):
+        add_decoding_settings(folder / "vae.pt", data, limit=2, grid={"n_grid": (8,)})

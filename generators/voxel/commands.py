@@ -180,6 +180,55 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(exc)) from exc
         console.print(f"latent prior fitted on {prior['n_fitted']} structures -> {out or vae}")
 
+    @train_app.command("decoding")
+    def train_decoding_cmd(
+        data: list[str] = typer.Option(..., "--data", "-d", help=DATA_HELP),
+        vae: Path = typer.Option(..., "--vae", help="VAE checkpoint to store the settings in"),
+        unet: Path = typer.Option(None, "--unet", help="UNet checkpoint (default: beside --vae)"),
+        out: Path = typer.Option(None, "--out", "-o", help="write here (default: in place)"),
+        limit: int = typer.Option(200, min=1, help="training structures to score each setting on"),
+        property_key: str = typer.Option(
+            "formation_energy_per_atom", "--property", help="the VAE's conditioning property"
+        ),
+        max_records: int = typer.Option(None, help="use only the first N records per source"),
+    ) -> None:
+        """Tune watershed smoothing and minimum region size for this model's generated grids.
+
+        Grid search on training structures (never the held-out split) by the mean EMD of
+        encode -> VAE -> UNet -> decode; the choice is stored in the VAE checkpoint and used by
+        every later `sample`, `evaluate` and campaign. Run it after the VAE's last stage.
+        """
+        from rich.progress import Progress
+
+        from generators.voxel.decode_tuning import add_decoding_settings
+
+        voxel_data = _load(data, property_key, max_records)
+        with Progress(console=console) as bar:
+            task = bar.add_task("scoring decoding settings", total=None)
+            try:
+                result = add_decoding_settings(
+                    vae,
+                    voxel_data,
+                    unet,
+                    out,
+                    limit,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+            except (FileNotFoundError, ValueError) as exc:
+                raise _fail(str(exc)) from exc
+        best, before = result["best"], result["representation_defaults"]
+        console.print(
+            f"on {result['n_structures']} training structures: {result['settings']} -> "
+            f"EMD {best['mean_emd_A']:.3f} A, |dN| {best['mean_abs_delta_n']:.2f}"
+            + (
+                f" (representation defaults: EMD {before['mean_emd_A']:.3f} A, "
+                f"|dN| {before['mean_abs_delta_n']:.2f})"
+                if before
+                else ""
+            )
+            + f" -> {out or vae}"
+        )
+
     app.add_typer(train_app, name="train")
     _register_sampling(app, evaluate_app)
     app.add_typer(evaluate_app, name="evaluate")

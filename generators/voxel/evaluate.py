@@ -264,6 +264,7 @@ def run_evaluation(
     from rich.table import Table
 
     from generators.data import load_source, select_cubic
+    from generators.voxel.decode_tuning import TUNED_FIELDS
     from generators.voxel.train import setup_threads
 
     console = Console(quiet=quiet)
@@ -295,6 +296,8 @@ def run_evaluation(
         "threads": torch.get_num_threads(),
         "decoding_workers": workers,
         "random_sampling_prior": generator.prior,
+        "decoding_settings": {f: getattr(generator.voxel_settings, f) for f in TUNED_FIELDS},
+        "decoding_tuned": bool(generator.vae_state.get("decoding")),
         "load_average_1min_at_start": os.getloadavg()[0],
         "cpu_count": os.cpu_count(),
     }

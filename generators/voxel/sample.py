@@ -87,7 +87,11 @@ class VoxelGenerator:
         self.latent_dim = int(self.vae.config.latent_dim)
         self.n_grid = int(self.vae.config.n_grid)
         stored = vae_state.get("voxel") or {}
-        self.voxel_settings = voxel_settings or VoxelSettings(**(stored | {"n_grid": self.n_grid}))
+        # decoding settings tuned for this model (generators.voxel.decode_tuning), if any
+        tuned = (vae_state.get("decoding") or {}).get("settings") or {}
+        self.voxel_settings = voxel_settings or VoxelSettings(
+            **(stored | tuned | {"n_grid": self.n_grid})
+        )
         if self.voxel_settings.n_grid != self.n_grid:
             raise ValueError(
                 f"model works on a {self.n_grid}^3 grid, voxel settings say "
