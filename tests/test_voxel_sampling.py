@@ -281,3 +281,30 @@ def test_tuned_decoding_settings_are_stored_and_used(tiny_model, records, tmp_pa
     assert VoxelGenerator.load(tiny_model).voxel_settings.min_region_voxels == 4
     with pytest.raises(ValueError, match="can be tuned"):
         add_decoding_settings(folder / "vae.pt", data, limit=2, grid={"n_grid": (8,)})
+
+
+def test_train_prior_and_decoding_commands(tiny_model, records, tmp_path, monkeypatch):
+    """The CLI steps that finish a model: fit the latent prior, then tune decoding."""
+    from agent.cli import app
+
+    path, _ = records
+    monkeypatch.setenv("CRYSTALLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CRYSTALLOOP_VOXEL_N_GRID", str(N))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    runner = CliRunner()
+    vae = str(folder / "vae.pt")
+    prior = runner.invoke(app, ["train", "prior", "--data", str(path), "--vae", vae])
+    assert prior.exit_code == 0, prior.output
+    tuned = runner.invoke(
+        app, ["train", "decoding", "--data", str(path), "--vae", vae, "--limit", "3"]
+    )
+    assert tuned.exit_code == 0, tuned.output
+    assert "EMD" in tuned.output
+    state = load_checkpoint(folder / "vae.pt", "vae")
+    assert state["latent_prior"]["n_fitted"] > 0
+    assert len(state["decoding"]["table"]) == 20 and state["decoding"]["n_structures"] == 3
+    missing = runner.invoke(
+        app, ["train", "decoding", "--data", str(path), "--vae", str(tmp_path / "none.pt")]
+    )
+    assert missing.exit_code == 1 and "not found" in missing.output
