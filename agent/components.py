@@ -92,11 +92,13 @@ class GeneratorSlot:
             bases = [_base_structure(b) for b in cfg.base_compounds]
             out: list[Candidate] = []
             for i, (base, k) in enumerate(zip(bases, _split(n, len(bases)), strict=True)):
-                out += self.impl.sample_around(base, k, seed=seed * 31 + i)
+                out += self.impl.sample_around(base, k, seed=(seed * 31 + i) * 100_003)
             return out
         out = []
         for decile, k in zip(cfg.deciles, _split(n, len(cfg.deciles)), strict=True):
-            out += self.impl.sample_random(k, decile, seed=seed * 31 + decile)
+            # candidate i of a decile uses seed + i: space the deciles' seeds so they never
+            # share latents (the decoder's output depends mostly on z, little on the decile)
+            out += self.impl.sample_random(k, decile, seed=(seed * 31 + decile) * 100_003)
         return out
 
 

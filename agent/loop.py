@@ -31,6 +31,7 @@ class CycleStats:
     cycle: int
     generated: int = 0
     duplicates: int = 0
+    undecoded: int = 0  # samples that decoded to no crystal
     rejected: int = 0
     pooled: int = 0
     selected: int = 0
@@ -155,13 +156,24 @@ class CampaignRunner:
         stats = CycleStats(cycle)
         seed = self.config.seed * 100_003 + cycle
         candidates = self.components.generate(seed)
-        inserted = self.store.insert_candidates(self.name, cycle, candidates)
+        # a sample the generator could not turn into a crystal (e.g. an empty voxel grid) has
+        # no sites: nothing to screen or compute, so it is counted, not stored
+        decoded = [c for c in candidates if len(c.structure) > 0]
+        stats.undecoded = len(candidates) - len(decoded)
+        inserted = self.store.insert_candidates(self.name, cycle, decoded)
         stats.generated = len(inserted.inserted)
         stats.duplicates = len(inserted.duplicates)
         self.store.record_cycle(
-            self.name, cycle, generated=stats.generated, duplicates=stats.duplicates
+            self.name,
+            cycle,
+            generated=stats.generated,
+            duplicates=stats.duplicates,
+            undecoded=stats.undecoded,
         )
-        self.report(f"cycle {cycle}: generated {stats.generated} ({stats.duplicates} duplicates)")
+        self.report(
+            f"cycle {cycle}: generated {stats.generated} ({stats.duplicates} duplicates"
+            + (f", {stats.undecoded} not decodable)" if stats.undecoded else ")")
+        )
         return "screen"
 
     def phase_screen(self, cycle: int) -> str:

@@ -1,0 +1,50 @@
+"""The generate phase: what a cycle stores of its generators' output."""
+
+from __future__ import annotations
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+
+from agent.components import Components, GeneratorSlot
+from agent.config import CampaignConfig, GeneratorConfig
+from agent.loop import CampaignRunner
+from agent.store import Store
+from generators.candidate import Candidate, Provenance
+
+
+def test_undecodable_samples_are_counted_not_stored(crystalloop_home):
+    """A sample with no sites (a voxel grid that decoded to nothing) must not reach the store,
+    where every later phase rebuilds a pymatgen Structure from it."""
+    config = CampaignConfig.model_validate({"name": "gen-test"})
+    store = Store.connect()
+    store.ensure_campaign(config.name, config.model_dump(mode="json"))
+    components = Components(config)
+    rock_salt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(4.2), ["Mg", "O"], [[0] * 3, [0.5] * 3]
+    )
+    provenance = Provenance(generator="voxel-vae", model_version="test", mode="random")
+    components.generate = lambda seed: [  # what VoxelGenerator returns for an empty grid
+        Candidate(structure=Structure(Lattice.cubic(4.0), [], []), provenance=provenance),
+        Candidate(structure=rock_salt, provenance=provenance),
+    ]
+    runner = CampaignRunner(config, store, components, report=lambda m: None)
+    assert runner.phase_generate(1) == "screen"
+    docs = store.find_candidates(config.name, "generated", cycle=1)
+    assert len(docs) == 1
+    assert Store.structure_of(docs[0]).composition.reduced_formula == "MgO"
+    (cycle,) = store.cycles(config.name)
+    assert cycle["generated"] == 1 and cycle["undecoded"] == 1
+    store.close()
+
+
+def test_voxel_deciles_draw_different_latents():
+    """Each decile's candidates use their own seeds: no latent is shared between deciles."""
+    slot = GeneratorSlot(
+        GeneratorConfig.model_validate(
+            {"name": "voxel-vae", "candidates_per_cycle": 8, "deciles": [0, 1]}
+        )
+    )
+    candidates = slot.sample(seed=5)
+    latents = {tuple(np.round(c.provenance.latent, 4)) for c in candidates}
+    assert len(candidates) == 8 and len(latents) == 8
+    assert {c.provenance.condition["decile"] for c in candidates} == {0, 1}
