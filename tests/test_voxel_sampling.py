@@ -225,16 +225,23 @@ def test_decoding_workers_give_the_same_crystals(tiny_model):
         VoxelGenerator.load(tiny_model, workers=0)
 
 
-def test_fitted_latent_prior_is_stored_and_used(tiny_model, records, tmp_path):
-    """`train prior` adds a Gaussian fitted to the training posteriors; sampling then uses it."""
-    from generators.voxel.prior import add_latent_prior, posterior_means
-
+@pytest.fixture()
+def model_copy(tiny_model, records, tmp_path):
+    """A writable copy of the tiny model, and its training data (for steps that edit vae.pt)."""
     path, _ = records
     data = load_voxel_data(
         str(path), voxel=VoxelSettings(n_grid=N), cache_dir=tmp_path / "cache", progress=False
     )
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
+    return folder, data
+
+
+def test_fitted_latent_prior_is_stored_and_used(tiny_model, model_copy):
+    """`train prior` adds a Gaussian fitted to the training posteriors; sampling then uses it."""
+    from generators.voxel.prior import add_latent_prior, posterior_means
+
+    folder, data = model_copy
     state = load_checkpoint(folder / "vae.pt", "vae")
     mu = posterior_means(state, data)
     assert len(mu) == len(data) - len(state["data"]["val_ids"])  # training split only
@@ -257,16 +264,11 @@ def test_fitted_latent_prior_is_stored_and_used(tiny_model, records, tmp_path):
         VoxelGenerator.load(tiny_model, prior="fitted")
 
 
-def test_tuned_decoding_settings_are_stored_and_used(tiny_model, records, tmp_path):
+def test_tuned_decoding_settings_are_stored_and_used(tiny_model, model_copy):
     """`train decoding` scores each setting on training structures and stores the best."""
     from generators.voxel.decode_tuning import add_decoding_settings
 
-    path, _ = records
-    data = load_voxel_data(
-        str(path), voxel=VoxelSettings(n_grid=N), cache_dir=tmp_path / "cache", progress=False
-    )
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_model, folder)
+    folder, data = model_copy
     grid = {"marker_smoothing_voxels": (1.0, 3.0), "min_region_voxels": (4, 8)}
     result = add_decoding_settings(folder / "vae.pt", data, limit=6, grid=grid)
     held_out = set(load_checkpoint(folder / "vae.pt", "vae")["data"]["val_ids"])
