@@ -23,9 +23,8 @@ from generators.voxel.settings import VoxelSettings
 from generators.voxel.train import (
     VoxelData,
     assign_deciles,
-    coordinate_channels,
-    load_checkpoint,
     save_checkpoint,
+    vae_input,
 )
 from generators.voxel.vae import one_hot_decile
 
@@ -57,17 +56,16 @@ def reconstructions(
 ) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """(species, confidence, cell length) of encode -> VAE (posterior mean) -> UNet, per structure."""
     deciles = assign_deciles(data.values[index], generator.decile_edges)
-    n = generator.n_grid
     out = []
     for s in range(0, len(index), batch):
         idx = index[s : s + batch]
-        dens = torch.from_numpy(data.density[idx] / generator.density_scale).float().unsqueeze(1)
-        lat = torch.from_numpy(data.lattice[idx])
-        x = torch.cat([dens, coordinate_channels(lat, n, generator.coord_scale)], dim=1)
+        x = vae_input(
+            data.density[idx], data.lattice[idx], generator.density_scale, generator.coord_scale
+        )
         cond = one_hot_decile(deciles[s : s + batch], generator.n_deciles).to(generator.device)
         mu, _ = generator.vae.encode(x.to(generator.device), cond)
         species, confidence, _ = generator.segment(generator.vae.decode(mu, cond))
-        out += [(species[i], confidence[i], float(lat[i])) for i in range(len(idx))]
+        out += [(species[i], confidence[i], float(data.lattice[j])) for i, j in enumerate(idx)]
     return out
 
 
@@ -147,7 +145,7 @@ def add_decoding_settings(
     generator = VoxelGenerator.load(vae_path, unet_path=unet_path, prior="standard")
     result = tune_decoding(generator, data, limit, grid, progress)
     result["unet_version"] = generator.unet_state["model_version"]
-    state = load_checkpoint(vae_path, "vae")
+    state = generator.vae_state  # the checkpoint as loaded, weights untouched
     state["decoding"] = result
     save_checkpoint(Path(out or vae_path), state)
     return result

@@ -20,9 +20,9 @@ from generators.voxel.train import (
     VoxelData,
     assign_deciles,
     build_vae,
-    coordinate_channels,
     load_checkpoint,
     save_checkpoint,
+    vae_input,
 )
 from generators.voxel.vae import one_hot_decile
 
@@ -39,13 +39,12 @@ def posterior_means(state: dict[str, Any], data: VoxelData, batch: int = 50) -> 
         raise ValueError("no training structures with the conditioning property in this data")
     edges = np.asarray(state["decile_edges"])
     deciles = assign_deciles(data.values[index], edges)
-    n_grid = data.density.shape[-1]
     out = []
     for s in range(0, len(index), batch):
         idx = index[s : s + batch]
-        dens = torch.from_numpy(data.density[idx] / state["density_scale"]).float().unsqueeze(1)
-        lat = torch.from_numpy(data.lattice[idx])
-        x = torch.cat([dens, coordinate_channels(lat, n_grid, state["coord_scale"])], dim=1)
+        x = vae_input(
+            data.density[idx], data.lattice[idx], state["density_scale"], state["coord_scale"]
+        )
         mu, _ = vae.encode(x, one_hot_decile(deciles[s : s + batch], vae.config.n_conditions))
         out.append(mu)
     return torch.cat(out)

@@ -27,8 +27,8 @@ from generators.voxel.train import (
     assign_deciles,
     build_unet,
     build_vae,
-    coordinate_channels,
     load_checkpoint,
+    vae_input,
 )
 from generators.voxel.vae import one_hot_decile
 
@@ -183,9 +183,7 @@ class VoxelGenerator:
         from generators.voxel.encode import encode_many
 
         batch = encode_many(list(structures), self.voxel_settings, with_coords=False)
-        dens = torch.from_numpy(batch.density / self.density_scale).float().unsqueeze(1)
-        lat = torch.from_numpy(batch.lattice[:, 0])
-        x = torch.cat([dens, coordinate_channels(lat, self.n_grid, self.coord_scale)], dim=1)
+        x = vae_input(batch.density, batch.lattice[:, 0], self.density_scale, self.coord_scale)
         return x, batch.species
 
     @torch.no_grad()

@@ -372,6 +372,15 @@ def setup_threads(threads: int | None) -> int:
     return n
 
 
+def vae_input(
+    density: np.ndarray, lattice: np.ndarray, density_scale: float, coord_scale: float
+) -> torch.Tensor:
+    """(B,4,n,n,n) VAE input: scaled density (B,n,n,n) plus the cubic cells' coordinate channels."""
+    dens = torch.from_numpy(density / density_scale).float().unsqueeze(1)
+    lat = torch.as_tensor(lattice)
+    return torch.cat([dens, coordinate_channels(lat, density.shape[-1], coord_scale)], dim=1)
+
+
 def coordinate_channels(lattice: torch.Tensor, n_grid: int, coord_scale: float) -> torch.Tensor:
     """(B,3,n,n,n) scaled coordinate channels, voxel (i,j,k) at (i,j,k)/n * a (encode.py rule)."""
     axis = torch.arange(n_grid, dtype=torch.float32, device=lattice.device) / n_grid
