@@ -44,6 +44,50 @@ def open_store(config: CampaignConfig) -> Store:
     return Store.connect(config.store.uri, database=config.store.database)
 
 
+class CampaignInvalid(ValueError):
+    """The campaign cannot run as configured; found before anything was written."""
+
+
+def check_campaign(config: CampaignConfig, components: Components) -> None:
+    """Build what the configuration alone decides - generators (a generator that can produce
+    nothing is an error), base compounds, pseudopotentials for the allowed elements, the
+    surrogate, a FireWorks launchpad - so a bad option fails now, with one message, instead
+    of inside a cycle after the campaign was stored. Built parts are kept for the run."""
+    from agent.components import ComponentError, _base_structure
+
+    for slot in components.generators:
+        try:
+            slot.impl  # noqa: B018 - building it is the check
+        except ComponentError as exc:
+            raise CampaignInvalid(str(exc)) from exc
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise CampaignInvalid(f"generator {slot.config.name!r}: {exc}") from exc
+        for base in slot.config.base_compounds:
+            try:
+                _base_structure(base)
+            except (ComponentError, OSError, ValueError) as exc:
+                raise CampaignInvalid(f"generator {slot.config.name!r}: {exc}") from exc
+    if config.filters.elements:
+        from dft.pseudos import MissingPseudoError, pseudopotentials_for
+        from dft.settings import DFTSettings
+
+        try:
+            pseudopotentials_for(
+                config.filters.elements, DFTSettings(**config.dft.settings_overrides())
+            )
+        except MissingPseudoError as exc:
+            raise CampaignInvalid(f"filters.elements: {exc}") from exc
+    try:
+        components.surrogate  # noqa: B018
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CampaignInvalid(f"surrogate: {exc}") from exc
+    if config.dft.backend == "fireworks":
+        try:
+            components.backend  # noqa: B018
+        except Exception as exc:  # noqa: BLE001 - whatever LaunchPad.auto_load raises
+            raise CampaignInvalid(f"dft.backend fireworks: {type(exc).__name__}: {exc}") from exc
+
+
 def run_campaign(
     config: CampaignConfig,
     report: Callable[[str], None] = print,
@@ -51,7 +95,13 @@ def run_campaign(
     install_signals: bool = True,
     poll_interval: float = 2.0,
 ) -> dict[str, Any]:
-    """Drive `config`'s campaign in this process until it completes or is stopped."""
+    """Drive `config`'s campaign in this process until it completes or is stopped.
+
+    Raises ``CampaignInvalid`` before touching the store when the configuration cannot run,
+    and ``agent.loop.CampaignFailed`` (the campaign then stored as failed) when a cycle fails.
+    """
+    components = components or Components(config)
+    check_campaign(config, components)
     stop = StopFlag()
     if install_signals:
         stop.install()
@@ -60,7 +110,6 @@ def run_campaign(
         with store.acquire_lock(config.name, ttl=60.0) as lock:
             if lock.took_over:
                 report(f"took over a stale lock from {lock.took_over.get('owner')}")
-            components = components or Components(config)
             runner = CampaignRunner(
                 config,
                 store,
@@ -111,4 +160,13 @@ def request_stop(store: Store, campaign: str) -> str:
     return f"stop requested in the store for the daemon on {holder.get('host')}"
 
 
-__all__ = ["LockHeld", "StopFlag", "detach", "open_store", "request_stop", "run_campaign"]
+__all__ = [
+    "CampaignInvalid",
+    "LockHeld",
+    "StopFlag",
+    "check_campaign",
+    "detach",
+    "open_store",
+    "request_stop",
+    "run_campaign",
+]

@@ -7,7 +7,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-console = Console()
+# log lines name no source file: they are for the user, not a debugger
+console = Console(log_path=False)
+# eV/atom: a result the table prints as 0.000 above the hull is on it (DFT noise is larger)
+ON_HULL = 5e-4
 
 
 def _load(config_path: Path):
@@ -18,6 +21,22 @@ def _load(config_path: Path):
     except (ConfigError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+def _checked_components(config):
+    """The campaign's components, every option checked; exit 2 with one line if one is bad
+    (before anything is written to the store)."""
+    from agent.components import Components
+    from agent.daemon import CampaignInvalid, check_campaign
+
+    components = Components(config)
+    try:
+        with console.status("checking the campaign's generators and models ..."):
+            check_campaign(config, components)
+    except CampaignInvalid as exc:
+        console.print(f"[red]error:[/red] {config.name}: {exc}")
+        raise typer.Exit(2) from exc
+    return components
 
 
 def run(
@@ -31,28 +50,48 @@ def run(
     a killed daemon resumes from the store on the next `run`.
     """
     config = _load(config_path)
+    components = _checked_components(config)
     if detach:
         from agent.daemon import detach as start
 
         pid, log = start(config_path, config.name)
         console.print(f"campaign [bold]{config.name}[/bold] running as pid {pid}; log: {log}")
-        console.print("watch it with `crystalloop status`, stop it with `crystalloop stop`")
+        console.print(
+            f"watch it with `crystalloop status {config.name} --watch`, "
+            f"stop it with `crystalloop stop {config.name}`"
+        )
         return
-    from agent.daemon import run_campaign
+    from agent.daemon import open_store, run_campaign
+    from agent.live import LiveProgress
+    from agent.loop import CampaignFailed
     from agent.store import LockHeld, StoreUnavailable
 
-    def report(message: str) -> None:
-        console.log(message)
-
     try:
-        summary = run_campaign(config, report=report)
+        with LiveProgress(console, config.name, lambda: open_store(config)) as live:
+            summary = run_campaign(config, report=live.log, components=components)
     except LockHeld as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(3) from exc
     except StoreUnavailable as exc:
         console.print(f"[red]store unavailable:[/red] {exc}; nothing was lost, run again later")
         raise typer.Exit(4) from exc
+    except CampaignFailed as exc:
+        details = _write_traceback(config.name, exc)
+        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"stored as failed; traceback in {details}; `crystalloop run` retries")
+        raise typer.Exit(5) from exc
     _print_summary(summary)
+
+
+def _write_traceback(campaign: str, exc: BaseException) -> Path:
+    import traceback
+
+    from agent.daemon import log_path
+
+    path = log_path(campaign).with_name(f"{campaign}-error.log")
+    cause = exc.__cause__ or exc
+    path.write_text("".join(traceback.format_exception(cause)))
+    return path
 
 
 def _print_summary(summary: dict) -> None:
@@ -76,9 +115,15 @@ def _print_summary(summary: dict) -> None:
                 fmt(b["e_above_hull"]),
             )
         console.print(table)
-        on_hull = [b["formula"] for b in summary["best"] if (b["e_above_hull"] or 1) <= 1e-6]
+        on_hull = [
+            b["formula"]
+            for b in summary["best"]
+            if b["e_above_hull"] is not None and b["e_above_hull"] < ON_HULL
+        ]
         if on_hull:
             console.print(f"on the convex hull of this campaign: {', '.join(on_hull)}")
+        else:
+            console.print("none of these lies on the campaign's convex hull")
 
 
 def stop(

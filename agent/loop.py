@@ -26,6 +26,14 @@ PHASES = ("generate", "screen", "select", "submit", "done")
 ACTIVE = ("submitted", "running")
 
 
+class CampaignFailed(RuntimeError):
+    """A cycle raised; the campaign is stored as failed with this reason."""
+
+    def __init__(self, campaign: str, cycle: int, phase: str, reason: str):
+        self.campaign, self.cycle, self.phase, self.reason = campaign, cycle, phase, reason
+        super().__init__(f"campaign {campaign!r} failed in cycle {cycle} ({phase}): {reason}")
+
+
 @dataclass
 class CycleStats:
     cycle: int
@@ -101,10 +109,27 @@ class CampaignRunner:
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> dict[str, Any]:
-        """Run until finished or stopped; returns the campaign summary."""
-        started = time.time()
+        """Run until finished or stopped; returns the campaign summary. An error inside a
+        cycle stores the campaign as failed, with the reason, and raises ``CampaignFailed``;
+        a lost store or lease is not the campaign's failure and propagates as it is."""
+        from agent.store import LockLost, StoreUnavailable
+
         self.store.ensure_campaign(self.name, self.config.model_dump(mode="json"))
-        self.store.update_campaign(self.name, state="running", stop_requested=False)
+        self.store.update_campaign(self.name, state="running", stop_requested=False, error=None)
+        try:
+            return self._run()
+        except (StoreUnavailable, LockLost):
+            raise
+        except Exception as exc:
+            doc = self.store.get_campaign(self.name) or {}
+            cycle, phase = int(doc.get("cycle", 0)), str(doc.get("phase", "?"))
+            reason = f"{type(exc).__name__}: {exc}".strip()[:500]
+            self.store.update_campaign(self.name, state="failed", error=reason)
+            self.store.log_event(self.name, "failed", cycle=cycle, phase=phase, reason=reason)
+            raise CampaignFailed(self.name, cycle, phase, reason) from exc
+
+    def _run(self) -> dict[str, Any]:
+        started = time.time()
         repaired = self.store.repair_events(self.name)
         if repaired:
             self.report(f"repaired {repaired} audit events left by an interrupted run")
@@ -202,8 +227,10 @@ class CampaignRunner:
         self.store.record_cycle(
             self.name, cycle, pooled=len(kept), rejected=len(rejected), rejections=counts
         )
+        why = ", ".join(f"{step} {n}" for step, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         self.report(
-            f"cycle {cycle}: {len(kept)} pass the filters, {len(rejected)} rejected {counts}"
+            f"cycle {cycle}: {len(kept)} pass the filters, {len(rejected)} rejected"
+            + (f" ({why})" if why else "")
         )
         return "select"
 
@@ -232,7 +259,9 @@ class CampaignRunner:
         self.store.record_cycle(self.name, cycle, selected=len(moved) + len(already))
         for i in picks:
             p = pool[i]
-            self.report(f"cycle {cycle}: selected {p['formula']} (score {_finite(scores[i])})")
+            score = _finite(scores[i])
+            shown = "n/a" if score is None else f"{score:.3f}"
+            self.report(f"cycle {cycle}: selected {p['formula']} (score {shown})")
         return "submit"
 
     def phase_submit(self, cycle: int) -> str:

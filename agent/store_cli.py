@@ -93,6 +93,7 @@ def _campaign_summary(store: Any, campaign: dict[str, Any]) -> dict[str, Any]:
     return {
         "campaign": name,
         "state": campaign.get("state"),
+        "error": campaign.get("error"),
         "cycle": campaign.get("cycle", 0),
         "counts": counts,
         "dft": {
@@ -128,14 +129,24 @@ def status(
     uri: str | None = typer.Option(None, help=URI_HELP),
     database: str | None = typer.Option(None, help=DB_HELP),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        "-w",
+        help="follow one running campaign live (phase, funnel, each pw.x job) until its "
+        "daemon stops; waits briefly for one just started with --detach",
+    ),
 ) -> None:
     """Show each campaign's progress, read from the store."""
-    from agent.store import STATUSES
-
-    store = _open_store(uri, database)
+    if watch and (campaign is None or json_out):
+        console.print("[red]error:[/red] --watch follows one campaign: give its name, no --json")
+        raise typer.Exit(2)
+    store = _open_store(uri, database, must_exist=not watch)
     with store:
         if campaign is not None:
             doc = store.get_campaign(campaign)
+            if doc is None and watch:
+                doc = _wait_for_campaign(store, campaign)
             if doc is None:
                 known = ", ".join(c["_id"] for c in store.list_campaigns()) or "none"
                 console.print(f"[red]error:[/red] no campaign {campaign!r} (known: {known})")
@@ -143,6 +154,14 @@ def status(
             campaigns = [doc]
         else:
             campaigns = store.list_campaigns()
+        if watch:
+            from agent.live import watch as follow
+
+            try:
+                follow(store, campaign, console)
+            except KeyboardInterrupt:
+                return
+            campaigns = [store.get_campaign(campaign)]
         summaries = [_campaign_summary(store, c) for c in campaigns]
         where = store.describe()
     if json_out:
@@ -153,31 +172,74 @@ def status(
         return
     console.print(f"[dim]{where}[/dim]")
     for s in summaries:
-        table = Table(title=f"{s['campaign']}  (cycle {s['cycle']}, {s['state']})")
-        for st in STATUSES:
-            table.add_column(st, justify="right")
-        table.add_row(*(str(s["counts"][st]) for st in STATUSES))
-        console.print(table)
-        dft = s["dft"]
-        budget = f" of {dft['budget']}" if dft["budget"] else ""
-        console.print(
-            f"DFT: {dft['queued']} queued, {dft['running']} running, "
-            f"{dft['completed']} completed{budget}, {dft['failed']} failed   "
-            f"model: {s['model'] or '-'}   daemon: {s['daemon'] or 'none'}"
-        )
-        if s["best"]:
-            best = Table(title="best so far (DFT)")
-            for col in ("formula", "E_form eV/atom", "predicted", "E_hull eV/atom", "candidate"):
-                best.add_column(col)
-            for b in s["best"]:
-                best.add_row(
-                    b["formula"] or "?",
-                    _fmt(b["formation_energy_per_atom"]),
-                    _fmt(b["predicted"]),
-                    _fmt(b["e_above_hull"]),
-                    b["candidate_id"][:12],
-                )
-            console.print(best)
+        _print_status(s)
+
+
+def _wait_for_campaign(store: Any, name: str, seconds: float = 30.0) -> dict | None:
+    """A campaign started with --detach appears once its daemon has checked its settings."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    with console.status(f"waiting for campaign {name!r} to start ..."):
+        while time.monotonic() < deadline:
+            doc = store.get_campaign(name)
+            if doc is not None:
+                return doc
+            time.sleep(1.0)
+    return None
+
+
+# status headers, short enough for eight columns in 80; the legend spells them out
+STATUS_ABBREVIATIONS = {
+    "generated": "gen",
+    "rejected": "rej",
+    "pooled": "pool",
+    "selected": "sel",
+    "submitted": "queued",
+    "running": "run",
+    "completed": "done",
+    "failed": "fail",
+}
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    from rich import box
+
+    from agent.store import STATUSES
+
+    title = f"{s['campaign']}  (cycle {s['cycle']}, {s['state']})"
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for st in STATUSES:
+        table.add_column(STATUS_ABBREVIATIONS[st], justify="right")
+    table.add_row(*(str(s["counts"][st]) for st in STATUSES))
+    console.print(table)
+    console.print(
+        "[dim]"
+        + ", ".join(f"{STATUS_ABBREVIATIONS[st]} = {st}" for st in STATUSES)
+        + " (candidates)[/dim]"
+    )
+    if s.get("error"):
+        console.print(f"[red]failed:[/red] {s['error']}")
+    dft = s["dft"]
+    budget = f" of {dft['budget']}" if dft["budget"] else ""
+    console.print(
+        f"DFT: {dft['queued']} queued, {dft['running']} running, "
+        f"{dft['completed']} completed{budget}, {dft['failed']} failed"
+    )
+    console.print(f"model: {s['model'] or '-'}   daemon: {s['daemon'] or 'none'}")
+    if s["best"]:
+        best = Table(title="best so far (DFT, eV/atom)", box=box.SIMPLE_HEAD, title_justify="left")
+        for col in ("formula", "E_form", "predicted", "E_hull", "candidate"):
+            best.add_column(col, justify="left" if col in ("formula", "candidate") else "right")
+        for b in s["best"]:
+            best.add_row(
+                b["formula"] or "?",
+                _fmt(b["formation_energy_per_atom"]),
+                _fmt(b["predicted"]),
+                _fmt(b["e_above_hull"]),
+                b["candidate_id"][:12],
+            )
+        console.print(best)
 
 
 def _flatten(doc: dict[str, Any], calc: dict[str, Any] | None) -> dict[str, Any]:
@@ -190,6 +252,7 @@ def _flatten(doc: dict[str, Any], calc: dict[str, Any] | None) -> dict[str, Any]
         "nsites": doc.get("nsites"),
         "fingerprint": doc.get("fingerprint"),
         "generator": (doc.get("provenance") or {}).get("generator"),
+        "selected_cycle": doc.get("selected_cycle"),
         "score": doc.get("score"),
     }
     for prop, pred in sorted((doc.get("predictions") or {}).items()):
@@ -241,20 +304,7 @@ def candidates(
         )
         calcs = store.calculations_for(d["_id"] for d in docs)
     rows = [_flatten(d, calcs.get(d["_id"])) for d in docs]
-    table = Table(title=f"{campaign}: {len(rows)} candidate(s)")
-    for col in ("id", "cycle", "status", "formula", "score", "pred E_form", "DFT E_form"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(
-            row["id"][:12],
-            _fmt(row["cycle"]),
-            row["status"],
-            row["formula"],
-            _fmt(row["score"]),
-            _fmt(row.get("pred_formation_energy_per_atom_mean")),
-            _fmt(row["dft_formation_energy_per_atom"]),
-        )
-    console.print(table)
+    _print_candidates(campaign, rows)
     if export_csv is not None:
         import pandas as pd
 
@@ -264,6 +314,52 @@ def candidates(
     if export_cif is not None:
         written = _export_cifs(docs, calcs, export_cif)
         console.print(f"wrote {written} CIF file(s) to {export_cif}")
+
+
+# generator names as the candidates table shows them (a legend under it spells them out)
+GENERATOR_ABBREVIATIONS = {"voxel-vae": "vae", "dataset": "data"}
+
+
+def _print_candidates(campaign: str, rows: list[dict[str, Any]]) -> None:
+    """One row per candidate in 80 columns: where it came from (generator, the cycle that
+    generated it, the cycle that selected it), its status and its energies (eV/atom)."""
+    from rich import box
+
+    table = Table(
+        title=f"{campaign}: {len(rows)} candidate(s)", box=box.SIMPLE_HEAD, title_justify="left"
+    )
+    table.add_column("id", no_wrap=True)
+    table.add_column("gen")
+    table.add_column("cyc", justify="right")
+    table.add_column("sel", justify="right")
+    table.add_column("status")
+    table.add_column("formula", overflow="fold")
+    for col in ("score", "pred", "DFT"):
+        table.add_column(col, justify="right", no_wrap=True)
+    used = set()
+    for row in rows:
+        generator = row["generator"] or "-"
+        short = GENERATOR_ABBREVIATIONS.get(generator, generator)
+        used.add((short, generator))
+        table.add_row(
+            row["id"][:8],
+            short,
+            _fmt(row["cycle"]),
+            _fmt(row["selected_cycle"]),
+            row["status"],
+            row["formula"],
+            _fmt(row["score"]),
+            _fmt(row.get("pred_formation_energy_per_atom_mean")),
+            _fmt(row["dft_formation_energy_per_atom"]),
+        )
+    console.print(table)
+    legend = [f"{s} = {g}" for s, g in sorted(used) if s != g]
+    console.print(
+        "[dim]gen: generator"
+        + (f" ({', '.join(legend)})" if legend else "")
+        + "; cyc: cycle generated; sel: cycle selected; pred, DFT: formation energy "
+        "(eV/atom)[/dim]"
+    )
 
 
 def _export_cifs(docs: list[dict], calcs: dict[str, dict], folder: Path) -> int:

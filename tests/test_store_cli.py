@@ -54,7 +54,10 @@ def filled(crystalloop_home: Path, perov_csv: Path) -> dict:
         }
         store.transition_many(ids[:2], "generated", "rejected", fields={"filters": {"x": "no"}})
         store.transition_many(ids[2:], "generated", "pooled", per_candidate=preds)
-        store.transition_many(ids[7:], "pooled", "selected")
+        # generated in cycle 1, selected in cycle 2 (what `candidates` must tell apart)
+        store.transition_many(
+            ids[7:], "pooled", "selected", per_candidate={c: {"selected_cycle": 2} for c in ids[7:]}
+        )
         store.transition_many(ids[7:], "selected", "submitted")
         store.transition(ids[7], "submitted", "running")
         for cid in ids[8:11]:
@@ -171,3 +174,25 @@ def test_candidates_filter_and_export(app, filled, tmp_path):
     assert bad.exit_code != 0 and "unknown status" in bad.output
     none = runner.invoke(app, ["candidates", "nope"])
     assert none.exit_code == 1
+
+
+def test_tables_fit_80_columns_with_generator_and_selection_cycle(app, filled):
+    status = runner.invoke(app, ["status", "demo"], env={"COLUMNS": "80"})
+    listing = runner.invoke(app, ["candidates", "demo", "--limit", "0"], env={"COLUMNS": "80"})
+    for result in (status, listing):
+        assert result.exit_code == 0, result.output
+        assert max(len(line) for line in result.output.splitlines()) <= 80
+        assert "…" not in result.output and "..." not in result.output
+    lines = status.output.splitlines()
+    header = next(line for line in lines if "queued" in line and "gen" in line)
+    assert header.split() == ["gen", "rej", "pool", "sel", "queued", "run", "done", "fail"]
+    assert lines[lines.index(header) + 2].split() == ["0", "2", "5", "0", "0", "1", "3", "1"]
+    legend = " ".join(status.output.split())
+    assert "gen = generated" in legend and "queued = submitted" in legend
+    rows = {line.split()[0]: line.split() for line in listing.output.splitlines() if line.strip()}
+    head = next(r for r in rows.values() if r[0] == "id")
+    assert head == ["id", "gen", "cyc", "sel", "status", "formula", "score", "pred", "DFT"]
+    best = rows[filled["best"][:8]]
+    assert best[1:5] == ["vae", "1", "2", "completed"]
+    assert rows[filled["ids"][0][:8]][1:5] == ["vae", "1", "-", "rejected"]
+    assert "vae = voxel-vae" in " ".join(listing.output.split())

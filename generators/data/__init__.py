@@ -2,8 +2,12 @@
 
 from generators.data.fetch import fetch_matminer
 from generators.data.readers import (
+    ACCEPTED,
     MATMINER_FILES,
+    NoStructures,
     load_source,
+    load_structures,
+    read_cif_file,
     read_cif_folder,
     read_matminer,
     read_table,
@@ -14,14 +18,18 @@ from generators.data.settings import DataSettings, crystalloop_home
 from generators.data.summary import summarise
 
 __all__ = [
+    "ACCEPTED",
     "MATMINER_FILES",
     "DataSettings",
+    "NoStructures",
     "ReadReport",
     "Record",
     "crystalloop_home",
     "fetch_matminer",
     "has_cubic_metric",
     "load_source",
+    "load_structures",
+    "read_cif_file",
     "read_cif_folder",
     "read_matminer",
     "read_table",

@@ -36,7 +36,7 @@ def fetch(
 def summary(
     source: str = typer.Argument(
         ...,
-        help="a perov_5-style CSV(.gz), a folder of CIFs (+ properties.csv), "
+        help="a perov_5-style CSV(.gz), a CIF file, a folder of CIFs (+ properties.csv), "
         "or matminer:flla_2015 | matminer:elastic_tensor | matminer:dielectric_constant",
     ),
     cubic: bool = typer.Option(False, help="apply select_cubic first and report what it dropped"),
@@ -44,10 +44,10 @@ def summary(
     json_out: Path | None = typer.Option(None, "--json", help="also write the summary here"),
 ) -> None:
     """Counts per crystal system, elements and property coverage of a data set."""
-    from generators.data import load_source, select_cubic, summarise
+    from generators.data import load_structures, select_cubic, summarise
 
     try:
-        records, report = load_source(source)
+        records, report = load_structures(source)
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc

@@ -20,6 +20,14 @@ from generators.data.records import ReadReport, Record
 from generators.data.settings import DataSettings
 
 MATMINER_FILES = ("flla_2015", "elastic_tensor", "dielectric_constant")
+ACCEPTED = (
+    "a CSV(.gz) with a 'cif' column (perov_5 style), a .cif file, a folder of .cif files "
+    "(+ properties.csv), or matminer:" + "|".join(MATMINER_FILES)
+)
+
+
+class NoStructures(ValueError):
+    """A source was read but yielded no structure: nothing downstream could use it."""
 
 
 def _from_cif(text: str) -> Structure:
@@ -92,11 +100,15 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
-    frame = pd.read_csv(path, comment=None)
+    try:
+        frame = pd.read_csv(path, comment=None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable CSV table; data sources are {ACCEPTED}") from exc
     frame = frame.loc[:, [c for c in frame.columns if not c.startswith("Unnamed")]]
     if structure_column not in frame.columns:
         raise ValueError(
-            f"{path}: no '{structure_column}' column (columns: {', '.join(frame.columns)})"
+            f"{path}: no '{structure_column}' column (columns: {', '.join(frame.columns)}); "
+            f"data sources are {ACCEPTED}"
         )
     mapping = {"heat_ref": "formation_energy_per_atom"} | (property_map or {})
     numeric = [
@@ -228,8 +240,24 @@ def read_cif_folder(
     return records, report
 
 
+def read_cif_file(path: str | Path) -> tuple[list[Record], ReadReport]:
+    """One CIF file as a source: its first structure, id = the file's stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such CIF file: {path}")
+    report = ReadReport(read=1)
+    try:
+        structure = _from_cif(path.read_text(errors="replace"))
+    except Exception as exc:  # noqa: BLE001
+        report.drop("unparseable", f"{path.name}: cannot parse CIF: {str(exc)[:120]}")
+        return [], report
+    report.kept = 1
+    return [Record(structure, {}, path.stem, str(path))], report
+
+
 def load_source(spec: str | Path) -> tuple[list[Record], ReadReport]:
-    """One entry point for the CLI: 'matminer:NAME', a CSV(.gz) file, or a folder of CIFs."""
+    """One entry point for the CLI: 'matminer:NAME', a CSV(.gz) file, a CIF file or a folder
+    of CIFs."""
     text = str(spec)
     if text.startswith("matminer:"):
         return read_matminer(text.split(":", 1)[1])
@@ -237,10 +265,26 @@ def load_source(spec: str | Path) -> tuple[list[Record], ReadReport]:
     if path.is_dir():
         props = path / "properties.csv"
         return read_cif_folder(path, props if props.is_file() else None)
+    if path.suffix.lower() == ".cif":
+        return read_cif_file(path)
     if path.name in {f"{n}.csv.gz" for n in MATMINER_FILES} | {f"{n}.csv" for n in MATMINER_FILES}:
         name = path.name.split(".")[0]
         return read_matminer(name, path.parent)
     return read_table(path)
+
+
+def load_structures(spec: str | Path) -> tuple[list[Record], ReadReport]:
+    """``load_source`` for commands that need at least one structure: ``NoStructures``
+    (saying what was found instead) when the source yields none."""
+    records, report = load_source(spec)
+    if records:
+        return records, report
+    path = Path(str(spec))
+    if report.read == 0:
+        what = "no .cif files" if path.is_dir() else "no rows"
+        raise NoStructures(f"{spec}: {what}; data sources are {ACCEPTED}")
+    first = f" (first: {report.messages[0]})" if report.messages else ""
+    raise NoStructures(f"{spec}: none of the {report.read} structure(s) could be read{first}")
 
 
 def iter_structures(records: Iterable[Record]) -> Iterable[Structure]:

@@ -24,22 +24,35 @@ def _fail(message: str) -> typer.Exit:
 
 def load_structures(sources: list[str], select_cubic: bool, limit: int | None):
     """Records from every source, optionally reduced to cubic conventional cells."""
-    from generators.data import load_source
+    from generators.data import NoStructures, load_structures
     from generators.data import select_cubic as select
 
     records = []
     for source in sources:
         try:
-            found, report = load_source(source)
+            found, report = load_structures(source)
+        except NoStructures as exc:
+            raise _fail(str(exc)) from exc
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise _fail(f"{source}: {exc}") from exc
         dropped = sum(report.dropped.values())
         console.print(f"{source}: {report.kept} structures read, {dropped} unreadable")
         records.extend(found)
     if select_cubic:
+        n = len(records)
         records, report = select(records)
         console.print(f"cubic selection: kept {report.kept}, dropped {report.dropped}")
+        if not records:
+            why = ", ".join(f"{k} {v}" for k, v in report.dropped.items())
+            raise _fail(f"none of the {n} structure(s) is cubic ({why})")
     return records[:limit] if limit else records
+
+
+def _rejections(rejected: dict[str, str], shown: int = 3) -> str:
+    """'id: reason; id: reason (+ N more)' for the encoder's rejections."""
+    items = [f"{sid}: {reason}" for sid, reason in list(rejected.items())[:shown]]
+    more = len(rejected) - shown
+    return "; ".join(items) + (f" (+ {more} more)" if more > 0 else "")
 
 
 def run_roundtrip(
@@ -78,6 +91,12 @@ def run_roundtrip(
         )
     summary = {"sources": sources, "select_cubic": select_cubic, **report.summary(worst)}
     summary["settings"] = settings.model_dump()
+    if summary["encoded"] == 0:
+        hint = "" if select_cubic else "; without --as-given cubic crystals are converted first"
+        raise _fail(
+            f"the encoder rejected all {summary['structures']} structure(s): "
+            f"{_rejections(summary['rejected'])}{hint}"
+        )
 
     table = Table(title="voxel round trip (encode -> decode of the true species matrix)")
     table.add_column("metric")
@@ -119,7 +138,11 @@ def run_roundtrip(
         )
     console.print(worst_table)
     if summary["rejected"]:
-        console.print(f"rejected by the encoder: {len(summary['rejected'])} (see JSON)")
+        where = " (all in the JSON)" if json_path is not None else ""
+        console.print(
+            f"rejected by the encoder: {len(summary['rejected'])}{where}: "
+            f"{_rejections(summary['rejected'])}"
+        )
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary, indent=2, default=float))
@@ -181,5 +204,7 @@ def register(app: typer.Typer) -> None:
             f"wrote {info['written']} structures to {info['path']} "
             f"({info['skipped']} skipped, {len(info['species_list'])} elements)"
         )
+        if info["skipped"]:
+            console.print(f"skipped by the encoder: {_rejections(info['skipped_reasons'])}")
 
     app.add_typer(voxel_app, name="voxel")

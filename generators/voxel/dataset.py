@@ -39,7 +39,9 @@ def build_dataset(
 
     Every property found in the records is stored under properties/<key>; `property_key`
     names the one a conditional model trains on (must exist in at least one record).
-    Records that cannot be encoded are skipped and listed, never crash the build.
+    Records that cannot be encoded are skipped and listed, never crash the build; when none
+    can be, ``ValueError`` names the reasons and no file is written (an empty dataset would
+    only fail later, in training).
     """
     import h5py
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -105,6 +107,13 @@ def build_dataset(
         h5.attrs["property_key"] = property_key or ""
         h5.attrs["skipped"] = json.dumps(skipped)
         written = int(density.shape[0])
+    if written == 0:
+        tmp_path.unlink()
+        reasons = "; ".join(f"{sid}: {why}" for sid, why in list(skipped.items())[:3])
+        raise ValueError(
+            f"none of the {total} structure(s) could be encoded, {out_path} not written"
+            + (f" ({reasons})" if reasons else "")
+        )
     tmp_path.replace(out_path)
     return {
         "path": str(out_path),
