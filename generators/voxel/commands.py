@@ -40,9 +40,11 @@ def _load(data: list[str], property_key: str, max_records: int | None):
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train unet|vae`, `sample` and `evaluate generator` to the main app."""
+    """Add `train unet|vae|prior|decoding|fingerprint`, `sample`, `reconstruct` and
+    `evaluate generator|voxel` to the main app."""
     train_app = typer.Typer(
-        help="Train the voxel generator: first the UNet (segmentation), then the VAE.",
+        help="Train the generators: voxel (first the UNet, then the VAE; then prior and "
+        "decoding) or the fingerprint CVAE.",
         no_args_is_help=True,
     )
     evaluate_app = typer.Typer(
@@ -229,8 +231,11 @@ def register(app: typer.Typer) -> None:
             + f" -> {out or vae}"
         )
 
+    from generators.commands import register_on
+
+    register_on(app, train_app, evaluate_app)
+    _register_evaluation(evaluate_app)
     app.add_typer(train_app, name="train")
-    _register_sampling(app, evaluate_app)
     app.add_typer(evaluate_app, name="evaluate")
 
 
@@ -248,94 +253,11 @@ def _channels(text: str | None) -> tuple[int, ...] | None:
     return values
 
 
-def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
-    """`sample` and `evaluate generator`."""
+def _register_evaluation(evaluate_app: typer.Typer) -> None:
+    """`evaluate voxel` (the paper's figures)."""
 
-    @app.command("sample")
-    def sample_cmd(
-        out: Path = typer.Option(..., "--out", "-o", help="folder for the CIFs and summary.csv"),
-        n: int = typer.Option(20, "--n", "-n", min=1, help="candidates to generate"),
-        decile: int = typer.Option(
-            None,
-            help="condition decile 0..9 of the model's property (0 = lowest). Random mode "
-            "default: 0; targeted mode default: the base compound's own decile",
-        ),
-        base: Path = typer.Option(
-            None, help="CIF of a base compound: targeted sampling around it (mu + N(0, sigma2))"
-        ),
-        to: Path = typer.Option(None, help="with --base: interpolate from base to this CIF"),
-        sigma2: float = typer.Option(0.5, help="targeted-mode latent variance (paper: 0.5)"),
-        seed: int = typer.Option(None, help="seed of candidate 0 (candidate i uses seed + i)"),
-        model: Path = typer.Option(None, help="model dir or vae.pt (default: shipped model)"),
-        valid_only: bool = typer.Option(False, help="write CIFs of valid candidates only"),
-        workers: int = typer.Option(
-            1, min=1, help="decoding processes (helps only where decoding dominates)"
-        ),
-        prior: str = typer.Option(
-            "auto",
-            help="random-mode latents: 'fitted' (Gaussian fitted to the training posteriors), "
-            "'standard' (N(0, I), the paper) or 'auto' (fitted when the model has one)",
-        ),
-    ) -> None:
-        """Generate crystals (random, targeted or interpolation) and write CIFs + summary.csv."""
-        import csv
-
-        from pymatgen.core import Structure
-
-        from generators.voxel.sample import VoxelGenerator
-
-        if to is not None and base is None:
-            raise typer.BadParameter("--to needs --base (interpolation goes from base to --to)")
-        try:
-            generator = VoxelGenerator.load(model, workers=workers, prior=prior)
-            if base is None:
-                mode = "random"
-                cands = generator.sample_random(n, 0 if decile is None else decile, seed=seed)
-            else:
-                structures = [_read_cif(p, Structure) for p in (base, to) if p is not None]
-                if to is None:
-                    mode = "targeted"
-                    cands = generator.sample_around(
-                        structures[0], n, sigma2, decile, seed, base_id=base.stem
-                    )
-                else:
-                    mode = "interpolation"
-                    cands = generator.interpolate(structures[0], structures[1], max(n, 2))
-            generator.close()
-        except (FileNotFoundError, ValueError) as exc:
-            raise _fail(str(exc)) from exc
-        out.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i, c in enumerate(cands):
-            name = f"{mode}_{i:04d}_{c.formula if len(c.structure) else 'empty'}"
-            written = ""
-            if len(c.structure) and (c.is_valid or not valid_only):
-                written = f"{name}.cif"
-                c.structure.to(filename=str(out / written))
-            rows.append(
-                {
-                    "index": i,
-                    "id": c.id,
-                    "file": written,
-                    "formula": c.formula if len(c.structure) else "",
-                    "n_sites": len(c.structure),
-                    "a_A": round(c.structure.lattice.a, 4),
-                    "valid": c.is_valid,
-                    "mode": mode,
-                    "decile": (c.provenance.condition or {}).get("decile"),
-                    "seed": c.provenance.seed,
-                    "model_version": c.provenance.model_version,
-                }
-            )
-        with open(out / "summary.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        valid = sum(r["valid"] for r in rows)
-        console.print(f"{len(rows)} {mode} candidates, {valid} valid; wrote {out}/summary.csv")
-
-    @evaluate_app.command("generator")
-    def evaluate_generator_cmd(
+    @evaluate_app.command("voxel")
+    def evaluate_voxel_cmd(
         model: Path = typer.Option(None, help="model dir or vae.pt (default: shipped model)"),
         data: list[str] = typer.Option(
             None,
@@ -351,7 +273,9 @@ def _register_sampling(app: typer.Typer, evaluate_app: typer.Typer) -> None:
         threads: int = typer.Option(None, help="CPU threads (default: all cores)"),
         workers: int = typer.Option(None, min=1, help="decoding processes (default 1)"),
     ) -> None:
-        """Measure a generator: reconstruction (EMD, lattice MAE, |dN|, recall) and sampling."""
+        """The voxel generator against Court et al.'s figures: reconstruction (EMD, lattice
+        MAE, |dN|, UNet recall) and random sampling (validity, charge balance, speed). CDVAE's
+        metrics for either generator: `crystalloop evaluate generator`."""
         from generators.voxel.evaluate import run_evaluation
 
         try:
