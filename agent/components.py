@@ -29,12 +29,33 @@ def _split(total: int, parts: int) -> list[int]:
 class GeneratorSlot:
     """One configured generator: knows how to draw its share of a cycle's candidates."""
 
-    def __init__(self, config: GeneratorConfig):
+    def __init__(self, config: GeneratorConfig, campaign_elements: list[str] | None = None):
         self.config = config
+        self.campaign_elements = campaign_elements
         self._impl: Any = None
 
     def _build(self) -> Any:
         cfg = self.config
+        if cfg.name == "fingerprint":
+            from agent.config import FingerprintOptions
+            from generators.fingerprint.sample import SAMPLING_INVERSION, FingerprintGenerator
+            from generators.fingerprint.settings import InversionSettings
+
+            opts = FingerprintOptions.model_validate(cfg.options)
+            inversion = InversionSettings(
+                **SAMPLING_INVERSION
+                | {"trials": opts.trials, "hops": opts.hops, "steps_per_hop": opts.steps_per_hop}
+            )
+            try:
+                return FingerprintGenerator.load(
+                    cfg.checkpoint,
+                    inversion=inversion,
+                    elements=opts.elements or self.campaign_elements,
+                    composition_temperature=opts.composition_temperature,
+                    warm_start=opts.warm_start,
+                )
+            except (FileNotFoundError, ValueError) as exc:
+                raise ComponentError(f"generator 'fingerprint': {exc}") from exc
         if cfg.name == "voxel-vae":
             from generators.voxel.sample import VoxelGenerator
 
@@ -75,7 +96,9 @@ class GeneratorSlot:
             if not records:
                 raise ComponentError(f"generator 'dataset': no structures in {source} match")
             return DatasetGenerator(records, rattle=float(cfg.options.get("rattle", 0.0)))
-        raise ComponentError(f"unknown generator {cfg.name!r}: use 'voxel-vae' or 'dataset'")
+        raise ComponentError(
+            f"unknown generator {cfg.name!r}: use 'voxel-vae', 'fingerprint' or 'dataset'"
+        )
 
     @property
     def impl(self) -> Any:
@@ -128,7 +151,7 @@ def _base_structure(spec: str) -> Structure:
 class Components:
     def __init__(self, config: CampaignConfig, backend: Any = None):
         self.config = config
-        self.generators = [GeneratorSlot(g) for g in config.generators]
+        self.generators = [GeneratorSlot(g, config.filters.elements) for g in config.generators]
         self._backend = backend
         self._surrogate: Any = None
         self.surrogate_version: str | None = None

@@ -61,10 +61,44 @@ class Objective(_Section):
         return self
 
 
+class FingerprintOptions(_Section):
+    """``options`` of the fingerprint generator (generators.fingerprint)."""
+
+    elements: list[str] | None = Field(
+        None,
+        description="elements samples may contain; None = the campaign's filters.elements "
+        "(or any element the model knows when that is None too)",
+    )
+    composition_temperature: float = Field(
+        1.0, gt=0, le=10, description="softmax temperature of the composition heads"
+    )
+    warm_start: bool = Field(
+        True, description="start each inversion from the nearest training crystal's sites"
+    )
+    trials: int = Field(1, ge=1, le=64, description="inversion trials per sample")
+    hops: int = Field(1, ge=1, le=50, description="basin-hopping hops per sample")
+    steps_per_hop: int = Field(30, ge=1, le=1000, description="Adam steps per hop")
+
+    @field_validator("elements")
+    @classmethod
+    def _symbols(cls, value: list[str] | None) -> list[str] | None:
+        from pymatgen.core import Element
+
+        if value is not None:
+            bad = [e for e in value if not Element.is_valid_symbol(e)]
+            if bad or not value:
+                raise ValueError(f"not element symbols: {bad}" if bad else "give an element")
+        return value
+
+
+GENERATOR_NAMES = ("voxel-vae", "fingerprint", "dataset")
+GENERATOR_ALIASES = {"voxel": "voxel-vae"}
+
+
 class GeneratorConfig(_Section):
     """One generator and how it samples each cycle."""
 
-    name: str = Field("voxel-vae", min_length=1)
+    name: str = Field("voxel-vae", min_length=1, description="voxel-vae | fingerprint | dataset")
     candidates_per_cycle: int = Field(1000, ge=1, le=1_000_000)
     mode: Literal["random-per-decile", "around-base"] = "random-per-decile"
     condition_property: Property = "formation_energy_per_atom"
@@ -82,6 +116,28 @@ class GeneratorConfig(_Section):
         if bad:
             raise ValueError(f"deciles are 0..9, got {bad}")
         return sorted(set(value))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = GENERATOR_ALIASES.get(value, value)
+        if value not in GENERATOR_NAMES:
+            raise ValueError(f"unknown generator {value!r}: use {', '.join(GENERATOR_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _typed_options(self) -> GeneratorConfig:
+        if self.name == "fingerprint":
+            try:
+                FingerprintOptions.model_validate(self.options)
+            except ValidationError as exc:
+                bad = "; ".join(
+                    f"options.{'.'.join(str(p) for p in e['loc'])}: "
+                    + ("unknown option" if e["type"] == "extra_forbidden" else e["msg"])
+                    for e in exc.errors()
+                )
+                raise ValueError(f"generator 'fingerprint': {bad}") from None
+        return self
 
     @model_validator(mode="after")
     def _base(self) -> GeneratorConfig:

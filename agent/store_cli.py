@@ -317,7 +317,7 @@ def candidates(
 
 
 # generator names as the candidates table shows them (a legend under it spells them out)
-GENERATOR_ABBREVIATIONS = {"voxel-vae": "vae", "dataset": "data"}
+GENERATOR_ABBREVIATIONS = {"voxel-vae": "vae", "dataset": "data", "fingerprint": "fp"}
 
 
 def _print_candidates(campaign: str, rows: list[dict[str, Any]]) -> None:
