@@ -77,7 +77,7 @@ class FingerprintOptions(_Section):
     )
     trials: int = Field(1, ge=1, le=64, description="inversion trials per sample")
     hops: int = Field(1, ge=1, le=50, description="basin-hopping hops per sample")
-    steps_per_hop: int = Field(30, ge=1, le=1000, description="Adam steps per hop")
+    steps_per_hop: int = Field(25, ge=1, le=1000, description="Adam steps per hop")
 
     @field_validator("elements")
     @classmethod

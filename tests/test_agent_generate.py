@@ -48,3 +48,34 @@ def test_voxel_deciles_draw_different_latents():
     latents = {tuple(np.round(c.provenance.latent, 4)) for c in candidates}
     assert len(candidates) == 8 and len(latents) == 8
     assert {c.provenance.condition["decile"] for c in candidates} == {0, 1}
+
+
+def test_fingerprint_generator_in_a_campaign_stays_inside_its_chemical_space(crystalloop_home):
+    """The shipped fingerprint model through the campaign's generate and screen phases: its
+    samples carry the campaign's elements (filters.elements is the default element set), the
+    funnel sees them, and each stored candidate names its generator and inversion loss."""
+    config = CampaignConfig.model_validate(
+        {
+            "name": "fp-campaign",
+            "generators": [{"name": "fingerprint", "candidates_per_cycle": 6, "deciles": [0, 1]}],
+            "filters": {"elements": ["Ba", "Sr", "Ti", "O"], "property_window": None},
+        }
+    )
+    store = Store.connect()
+    store.ensure_campaign(config.name, config.model_dump(mode="json"))
+    runner = CampaignRunner(config, store, Components(config), report=lambda m: None)
+    assert runner.phase_generate(1) == "screen"
+    docs = store.find_candidates(config.name, "generated", cycle=1)
+    assert 1 <= len(docs) <= 6
+    for doc in docs:
+        structure = Store.structure_of(doc)
+        assert {e.symbol for e in structure.composition} <= {"Ba", "Sr", "Ti", "O"}
+        assert doc["provenance"]["generator"] == "fingerprint"
+        assert doc["provenance"]["extra"]["fingerprint_loss"] >= 0
+    runner.phase_screen(1)
+    after = store.find_candidates(config.name, ("pooled", "rejected"), cycle=1)
+    assert len(after) == len(docs)
+    assert all(d["status"] != "rejected" or d.get("filters") for d in after)
+    (cycle,) = store.cycles(config.name)
+    assert cycle["pooled"] + cycle["rejected"] == len(docs) == cycle["generated"]
+    store.close()
