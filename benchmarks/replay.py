@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from typer.main import get_command
+from typer.main import get_group
 
 from policies.cli import policies_app
 
 if __name__ == "__main__":
-    get_command(policies_app)(["benchmark", *sys.argv[1:]], prog_name="benchmarks/replay.py")
+    # get_group: with a single command, get_command would collapse the app into it
+    get_group(policies_app)(["benchmark", *sys.argv[1:]], prog_name="benchmarks/replay.py")

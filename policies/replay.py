@@ -5,6 +5,9 @@ the oracle reveals the labels. To make tens of campaigns fit in minutes on two c
 are embedded once with the frozen formation-energy CGCNN backbone (Materials-Project pretrained,
 never trained on the pool's labels), and per iteration only an ensemble of the two dense layers
 is refit on bootstrap resamples of the measured rows (the paper's transfer-learning split).
+As in the daemon, policies rank on recalibrated sigma: each iteration the ensemble's spread is
+rescaled (policies.calibration) on out-of-fold errors over the measured rows, since those are
+the only labels a real campaign has at that point.
 
 Metrics per policy (mean and spread over seeds):
 - discovery acceleration factor (DAF): precision of the policy's picks / base rate of the pool;
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from policies.acquisition import Objective, Policy, make_policy
+from policies.calibration import SigmaCalibration, fit_sigma_calibration, widen_members
 from policies.settings import apply_torch_threads
 from policies.surrogate import Predictions
 
@@ -53,6 +57,7 @@ class ReplayConfig:
     goal: str = "minimize"
     window: tuple[float, float] | None = None
     hit_quantile: float = 0.1
+    calibration_folds: int = 5  # 0: rank on the raw ensemble spread
 
 
 def policy_label(spec: Any) -> str:
@@ -107,6 +112,37 @@ class HeadEnsemble:
         return out * self.y_std + self.y_mean
 
 
+SIGMA_BLIND = ("random", "greedy")  # policies whose picks do not depend on sigma
+
+
+def _uses_sigma(spec: Any) -> bool:
+    params = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if params["name"] == "diverse":
+        return params.get("inner", "greedy") not in SIGMA_BLIND
+    return params["name"] not in SIGMA_BLIND
+
+
+def out_of_fold_calibration(
+    x: np.ndarray, y: np.ndarray, config: ReplayConfig, seed: int
+) -> SigmaCalibration:
+    """Sigma recalibration from the measured rows alone: each fold is predicted by an
+    ensemble trained on the other folds, and the scale (floor with enough rows) is fitted
+    on those out-of-fold errors."""
+    n = len(y)
+    folds = min(config.calibration_folds, n // 2)
+    if folds < 2:
+        return SigmaCalibration()
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), folds)
+    errors, sigma = np.empty(n), np.empty(n)
+    for i, part in enumerate(parts):
+        rest = np.concatenate([p for j, p in enumerate(parts) if j != i])
+        model = HeadEnsemble(config.members, config.hidden, config.steps, seed * 7919 + i)
+        members = model.fit(x[rest], y[rest]).predict_members(x[part])
+        errors[part] = np.abs(members.mean(0) - y[part])
+        sigma[part] = members.std(0)
+    return fit_sigma_calibration(errors, sigma)
+
+
 @dataclass
 class Campaign:
     policy: str
@@ -122,8 +158,10 @@ def run_campaign(
     policy: Policy,
     config: ReplayConfig,
     seed: int,
+    calibrate: bool = True,
 ) -> Campaign:
-    """One campaign: the same random initial set for every policy at a given seed."""
+    """One campaign: the same random initial set for every policy at a given seed.
+    `calibrate`: rank on recalibrated sigma (config.calibration_folds > 0)."""
     n = len(y)
     rng = np.random.default_rng(seed)
     measured = list(rng.choice(n, size=min(config.n_initial, n), replace=False))
@@ -134,8 +172,13 @@ def run_campaign(
             break
         model = HeadEnsemble(config.members, config.hidden, config.steps, seed * 1000 + it)
         members = model.fit(features[measured], y[measured]).predict_members(features[pool])
+        mean, std = members.mean(0), members.std(0)
+        if calibrate and config.calibration_folds:
+            x_m, y_m = features[measured], y[measured]
+            wide = out_of_fold_calibration(x_m, y_m, config, seed * 1000 + it).apply(std)
+            members, std = widen_members(members, mean, std, wide), wide
         preds = Predictions(
-            {config.property: (members.mean(0), members.std(0))},
+            {config.property: (mean, std)},
             {config.property: members},
             features[pool],
         )
@@ -189,7 +232,8 @@ def run_replay(
     for spec in config.policies:
         label = policy_label(spec)
         for seed in range(config.seeds):
-            campaign = run_campaign(features, y, hits, _make(spec, seed, config), config, seed)
+            policy = _make(spec, seed, config)
+            campaign = run_campaign(features, y, hits, policy, config, seed, _uses_sigma(spec))
             campaigns.setdefault(label, []).append(campaign)
             if progress:
                 progress(f"{label} seed {seed}")

@@ -8,7 +8,9 @@ Layout of one ensemble member (after the voxel paper's property predictor):
   backbone (transfer learning). The transfer backbone is shared by all members and kept frozen,
   so later fine-tuning of the formation model on new DFT results cannot silently invalidate the
   heads trained on it.
-Uncertainty is the spread over members (bootstrap resamples, different seeds).
+Uncertainty is the spread over members (bootstrap resamples, different seeds), recalibrated
+per property on held-out rows (`calibrate`, policies.calibration): the raw spread is several
+times too narrow, and the policies rank on it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from pymatgen.core import Structure
 from torch import nn
 
+from policies.calibration import SigmaCalibration, fit_sigma_calibration, widen_members
 from policies.cgcnn import (
     PRETRAINED,
     CGCNNConfig,
@@ -226,6 +229,7 @@ class Surrogate:
         self.data_sizes: dict[str, int] = {}
         self.trained: dict[str, bool] = {p: False for p in PROPERTIES}
         self.history: list[dict[str, Any]] = []
+        self.calibration: dict[str, SigmaCalibration] = {}
         self.eval()
 
     # ---------------------------------------------------------------- construction
@@ -416,6 +420,7 @@ class Surrogate:
         graphs: GraphBatch,
         properties: Sequence[str] | None = None,
         embeddings: bool = False,
+        calibrated: bool = True,
     ) -> Predictions:
         properties = list(properties or PROPERTIES)
         if "refractive_index" in properties or "dielectric_constant" in properties:
@@ -441,10 +446,17 @@ class Surrogate:
             if prop == "band_gap":
                 values = np.clip(values, 0.0, None)
             stacked[prop] = values
+        stats = {}
         for prop, values in stacked.items():
             if not self.trained.get(prop, False):
                 values[:] = np.nan  # an untrained head would only return noise
-        stats = {p: (v.mean(axis=0), v.std(axis=0)) for p, v in stacked.items()}
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            calibration = self.calibration.get(prop) if calibrated else None
+            if calibration is not None:
+                wide = calibration.apply(std)
+                stacked[prop] = widen_members(values, mean, std, wide)
+                std = wide
+            stats[prop] = (mean, std)
         if "band_gap" in stats:
             metallic = stats["band_gap"][0] <= self.settings.gap_zero_threshold
             for prop in GAP_DEPENDENT:
@@ -461,28 +473,59 @@ class Surrogate:
         structures: Sequence[Structure],
         properties: Sequence[str] | None = None,
         embeddings: bool = False,
+        calibrated: bool = True,
     ) -> Predictions:
         """`{property: (mean, std)}` over the ensemble, in property units (eV/atom, eV, GPa).
 
+        std is the recalibrated spread where `calibrate` has fitted one (`calibrated=False`:
+        the raw member spread); members are widened to match, for Thompson sampling.
         A predicted gap at or below `gap_zero_threshold` makes n and eps NaN (metals have none).
         `embeddings=True` also returns pooled features for diversity-aware selection.
         """
-        return self.predict_graphs(self.graphs(structures), properties, embeddings)
+        return self.predict_graphs(self.graphs(structures), properties, embeddings, calibrated)
 
     def evaluate(
         self,
         structures: Sequence[Structure],
         targets: Mapping[str, Sequence[float] | np.ndarray],
         graphs: GraphBatch | None = None,
+        calibrated: bool = True,
     ) -> dict[str, dict[str, float]]:
         """Hold-out metrics per property: MAE, SMAPE (%), RMSE, n and ensemble calibration
         (fraction of errors within 1 and 2 predicted sigma)."""
         graphs = graphs if graphs is not None else self.graphs(structures)
-        preds = self.predict_graphs(graphs, list(targets))
+        preds = self.predict_graphs(graphs, list(targets), calibrated=calibrated)
         return {
             prop: regression_metrics(np.asarray(y, float), *preds[prop])
             for prop, y in targets.items()
         }
+
+    def calibrate(
+        self,
+        structures: Sequence[Structure],
+        targets: Mapping[str, Sequence[float] | np.ndarray],
+        graphs: GraphBatch | None = None,
+        source: str = "",
+    ) -> dict[str, SigmaCalibration]:
+        """Fit each property's sigma recalibration on labelled rows the ensemble did not train
+        on (a hold-out split), replacing any earlier one; properties absent from `targets` keep
+        theirs. Returns the fitted calibrations."""
+        graphs = graphs if graphs is not None else self.graphs(structures)
+        unknown = set(targets) - set(PROPERTIES)
+        if unknown:
+            raise ValueError(f"unknown properties {sorted(unknown)}; known: {PROPERTIES}")
+        preds = self.predict_graphs(graphs, list(targets), calibrated=False)
+        fitted = {}
+        for prop, y in targets.items():
+            mean, std = preds[prop]
+            errors = np.abs(np.asarray(y, float) - mean)
+            fitted[prop] = fit_sigma_calibration(errors, std, source=source)
+            if fitted[prop].n >= 5:
+                self.calibration[prop] = fitted[prop]
+        self.history.append(
+            {"event": "calibrate", "source": source, "n": {p: c.n for p, c in fitted.items()}}
+        )
+        return fitted
 
     # ---------------------------------------------------------------- persistence
     def state(self) -> dict[str, Any]:
@@ -497,6 +540,7 @@ class Surrogate:
             "data_sizes": self.data_sizes,
             "trained": self.trained,
             "history": self.history,
+            "calibration": {p: c.to_dict() for p, c in self.calibration.items()},
             "gap_zero_threshold": self.settings.gap_zero_threshold,
         }
 
@@ -528,6 +572,9 @@ class Surrogate:
         model.data_sizes = state.get("data_sizes", {})
         model.trained.update(state.get("trained", {}))
         model.history = list(state.get("history", []))
+        model.calibration = {
+            p: SigmaCalibration.from_dict(c) for p, c in state.get("calibration", {}).items()
+        }
         return model.eval()
 
     @classmethod
