@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import DuplicateKeyError
 
-from agent.store.store import now
+from agent.store.connection import now
+from dft.processes import pid_alive
 
 if TYPE_CHECKING:
     from agent.store.store import Store
@@ -49,22 +50,6 @@ class LockLost(RuntimeError):
 
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
 
 
 def is_stale(doc: dict[str, Any]) -> bool:
