@@ -104,12 +104,13 @@ def _print_summary(summary: dict) -> None:
     )
     if summary["best"]:
         table = Table(title="DFT results (best first)")
-        for col in ("formula", "E_f DFT (eV/atom)", "E_f predicted", "E above hull"):
+        for col in ("formula", "generator", "E_f DFT (eV/atom)", "E_f predicted", "E above hull"):
             table.add_column(col)
         for b in summary["best"]:
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             table.add_row(
                 b["formula"],
+                b.get("generator") or "-",
                 fmt(b["formation_energy_per_atom"]),
                 fmt(b["predicted"]),
                 fmt(b["e_above_hull"]),

@@ -306,6 +306,7 @@ class CampaignRunner:
         crash in between repeats harmlessly). Returns how many finished."""
         finished = 0
         backend = self.components.backend
+        backend.dispatch()  # polling only reads: queued work starts here
         for doc in self.store.find_candidates(self.name, ACTIVE, projection={"structure": 0}):
             if not doc.get("dft_handle"):
                 continue
@@ -394,11 +395,17 @@ class CampaignRunner:
                     "formation_energy_per_atom": b.get("formation_energy_per_atom"),
                     "e_above_hull": b.get("e_above_hull"),
                     "predicted": (b.get("predicted") or {}).get("mean"),
+                    "generator": self._generator_of(b.get("candidate_id")),
                 }
                 for b in self.store.best_materials(self.name, limit=10)
             ],
             "model": (self.store.deployed_model(self.name) or {}).get("version"),
         }
+
+
+    def _generator_of(self, candidate_id: str | None) -> str | None:
+        doc = self.store.get_candidate(candidate_id) if candidate_id else None
+        return ((doc or {}).get("provenance") or {}).get("generator")
 
 
 def _finite(value: Any) -> float | None:

@@ -180,7 +180,7 @@ def formation_vs_mp(mpids: list[str]) -> dict:
     import pandas as pd
 
     from dft.formation import formation_energy_per_atom
-    from dft.references import references_for
+    from dft.references import reference_energy
     from dft.runner import run_pw
 
     settings = DFTSettings()
@@ -192,7 +192,7 @@ def formation_vs_mp(mpids: list[str]) -> dict:
         inp = make_input(s, "vc-relax", settings)
         t0 = time.perf_counter()
         doc = run_pw(s, inp, settings.runs_dir / "formation" / mpid, settings, task_label=mpid)
-        refs = references_for(doc.elements, inp, settings)
+        refs = {el: reference_energy(el, inp, settings) for el in doc.elements}
         ref_e = {k: v["energy_per_atom"] for k, v in refs.items()}
         comp = doc.structure.composition
         ef = formation_energy_per_atom(comp, doc.energy, ref_e)

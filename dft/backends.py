@@ -1,8 +1,16 @@
-"""Execution backends with one interface: submit(candidate_id, flow) -> Handle, poll, result.
+"""Execution backends with one interface: submit(candidate_id, flow) -> Handle, poll, result,
+and dispatch.
 
 Both are idempotent across processes: the candidate_id -> submission mapping is persistent
 (files next to the local store; a `crystalloop_submissions` collection in the launchpad database),
 so a daemon killed with -9 and restarted reconciles with what exists instead of resubmitting.
+
+Reading is never acting: `poll`, `handles` and `result` only read, so `crystalloop dft status`
+or a second process watching a campaign cannot start, requeue or rerun anything. All work -
+starting queued local workers, requeueing lost ones, rerunning fizzled fireworks - happens in
+`dispatch` (and in `submit`, `rerun` and `wait`, which ask for work), which the daemon calls
+once per harvest. Where a read sees what dispatch will change (a dead worker, a fizzled
+firework with reruns left), it reports the state dispatch will give it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
+
+from dft.processes import create_time, pid_alive
 
 State = Literal["queued", "running", "completed", "failed"]
 FINAL_STATES = ("completed", "failed")
@@ -44,6 +54,7 @@ class Status(BaseModel):
 
 class Backend(Protocol):
     def submit(self, candidate_id: str, flow: Any) -> Handle: ...
+    def dispatch(self) -> None: ...
     def poll(self, handle: Handle | str) -> Status: ...
     def result(self, handle: Handle | str) -> dict: ...
     def handle_for(self, candidate_id: str) -> Handle | None: ...
@@ -68,7 +79,8 @@ def _output_uuid(flow: Any) -> str | None:
 
 
 def make_monty_jobstore(db_dir: Path) -> Any:
-    """JobStore on montydb files with the extra `data` store atomate2 jobs need."""
+    """JobStore on montydb files, as local backends before the file store wrote them: read
+    only, for results recorded then (several writing processes can corrupt it)."""
     from jobflow import JobStore
     from maggma.stores import MontyStore
 
@@ -79,24 +91,11 @@ def make_monty_jobstore(db_dir: Path) -> Any:
     )
 
 
-def _pid_alive(pid: int | None, create_time: float | None) -> bool:
-    import psutil
-
-    if not pid:
-        return False
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(p.create_time() - create_time) < 1.0
-    except psutil.Error:
-        return False
-
-
 class LocalBackend:
     """jobflow run_locally in detached worker processes (they outlive the caller), with a
-    concurrency limit, on a file-persistent MontyStore. A worker that dies is detected as lost
-    and requeued up to `lost_retries` times, then reported failed."""
+    concurrency limit. Each worker writes its jobs' outputs to a store that keeps one file per
+    document (dft.file_store), so concurrent workers never write the same file. A worker that
+    dies is detected as lost and requeued up to `lost_retries` times, then reported failed."""
 
     name = "local"
 
@@ -112,26 +111,12 @@ class LocalBackend:
         self.root = Path(root or settings.home / "dft" / "local").resolve()
         self.concurrency = concurrency or settings.concurrency
         self.lost_retries = lost_retries
-        for sub in ("submissions", "flows", "logs", "runs", "db"):
+        for sub in ("submissions", "flows", "logs", "runs", "store"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.store = make_monty_jobstore(self.root / "db")
+        self.store = local_jobstore(self.root)
         self._procs: dict[int, subprocess.Popen] = {}
-        with self._lock():
-            self._init_store()
 
     # -- persistence -------------------------------------------------------------------
-    def _init_store(self) -> None:
-        """Create both collections before any worker starts (montydb: 'no such table')."""
-        marker = self.root / "db" / ".initialised"
-        if marker.exists():
-            return
-        self.store.connect()
-        for s in (self.store.docs_store, self.store.additional_stores["data"]):
-            s.update([{"uuid": "__init__", "index": 0}], key=["uuid", "index"])
-            s.remove_docs({"uuid": "__init__"})
-        self.store.close()
-        marker.touch()
-
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         with open(self.root / ".lock", "a") as fh:
@@ -190,7 +175,7 @@ class LocalBackend:
                     "error": "",
                 }
                 self._write(rec)
-        self._dispatch()
+        self.dispatch()
         return self._handle(rec)
 
     def handle_for(self, candidate_id: str) -> Handle | None:
@@ -204,10 +189,19 @@ class LocalBackend:
         return out
 
     def poll(self, handle: Handle | str) -> Status:
-        self._dispatch()
+        """The recorded state, read only (a dead worker: what dispatch will make of it)."""
         rec = self._read(_cid(handle))
         if rec is None:
             raise KeyError(f"candidate {_cid(handle)!r} was never submitted to {self.root}")
+        if rec["state"] == "running" and not pid_alive(rec["pid"], rec["pid_create_time"]):
+            rec = self._read(rec["candidate_id"]) or rec  # it may have finished just now
+            if rec["state"] == "running":
+                lost = rec["lost_count"] + 1
+                if lost <= self.lost_retries:
+                    detail = "worker lost; requeued at the next dispatch"
+                    return Status(state="queued", detail=detail, lost_count=lost)
+                detail = f"lost: worker died {lost} time(s)"
+                return Status(state="failed", detail=detail, lost_count=lost)
         return Status(state=rec["state"], detail=rec.get("error", ""), lost_count=rec["lost_count"])
 
     def result(self, handle: Handle | str) -> dict:
@@ -218,6 +212,16 @@ class LocalBackend:
         self.store.connect()
         try:
             return self.store.get_output(rec["output_uuid"], load=True)
+        except ValueError:
+            legacy = self.root / "db"
+            if not legacy.is_dir():
+                raise
+            store = make_monty_jobstore(legacy)  # a result recorded before the file store
+            store.connect()
+            try:
+                return store.get_output(rec["output_uuid"], load=True)
+            finally:
+                store.close()
         finally:
             self.store.close()
 
@@ -230,19 +234,21 @@ class LocalBackend:
             if rec["state"] == "failed":
                 rec.update(state="queued", error="", pid=None, lost_count=0)
                 self._write(rec)
+        self.dispatch()
         return self.poll(handle)
 
     def wait(self, handles: list[Handle | str], timeout: float = 3600, every: float = 1.0) -> dict:
-        """Poll until all are final; {candidate_id: Status}."""
+        """Dispatch and poll until all are final; {candidate_id: Status}."""
         t0 = time.time()
         while True:
+            self.dispatch()
             st = {_cid(h): self.poll(h) for h in handles}
             if all(s.state in FINAL_STATES for s in st.values()) or time.time() - t0 > timeout:
                 return st
             time.sleep(every)
 
     # -- scheduling --------------------------------------------------------------------
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
         """Reap workers, mark lost ones, start queued ones up to the concurrency limit."""
         for pid, proc in list(self._procs.items()):
             if proc.poll() is not None:
@@ -253,7 +259,7 @@ class LocalBackend:
             for rec in recs:
                 if rec["state"] != "running":
                     continue
-                if _pid_alive(rec["pid"], rec["pid_create_time"]):
+                if pid_alive(rec["pid"], rec["pid_create_time"]):
                     running += 1
                     continue
                 rec = json.loads(self._record_path(rec["candidate_id"]).read_text())
@@ -280,8 +286,6 @@ class LocalBackend:
                 running += 1
 
     def _start_worker(self, rec: dict) -> None:
-        import psutil
-
         log = open(self.root / "logs" / f"{rec['key']}.log", "a")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "dft.local_worker", str(self.root), rec["candidate_id"]],
@@ -296,10 +300,17 @@ class LocalBackend:
         rec.update(
             state="running",
             pid=proc.pid,
-            pid_create_time=psutil.Process(proc.pid).create_time(),
+            pid_create_time=create_time(proc.pid),
             started_at=time.time(),
         )
         self._write(rec)
+
+
+def local_jobstore(root: Path) -> Any:
+    """The JobStore of a local backend rooted at `root` (its workers open the same one)."""
+    from dft.file_store import make_file_jobstore
+
+    return make_file_jobstore(Path(root) / "store")
 
 
 def write_record(root: Path, rec: dict) -> None:
@@ -310,8 +321,9 @@ def write_record(root: Path, rec: dict) -> None:
 
 
 class FireWorksBackend:
-    """flow_to_workflow + LaunchPad.add_wf; poll maps FireWorks states, detects lost runs and
-    reruns fizzled fireworks up to `max_reruns`. Workers run `rlaunch`/`qlaunch` as usual."""
+    """flow_to_workflow + LaunchPad.add_wf; poll maps FireWorks states; dispatch detects lost
+    runs and reruns fizzled fireworks up to `max_reruns`. Workers run `rlaunch`/`qlaunch` as
+    usual."""
 
     name = "fireworks"
     COLLECTION = "crystalloop_submissions"
@@ -414,33 +426,56 @@ class FireWorksBackend:
                 return str(exc.get("_stacktrace", ""))[-500:]
         return f"firework {fw_id} fizzled"
 
+    def _states(self, ids: list[int]) -> dict[int, str]:
+        return {
+            d["fw_id"]: d["state"]
+            for d in self.lp.fireworks.find({"fw_id": {"$in": ids}}, {"fw_id": 1, "state": 1})
+        }
+
+    def dispatch(self) -> None:
+        """Rerun lost runs (a worker died without reporting) and fizzled fireworks that have
+        reruns left; the workers do the rest."""
+        docs = list(self.coll.find({"fw_ids": {"$exists": True}}))
+        ids = [i for d in docs for i in d["fw_ids"]]
+        if not ids:
+            return
+        lost, _, _ = self.lp.detect_lostruns(
+            expiration_secs=self.lost_after_s, rerun=True, query={"fw_id": {"$in": ids}}
+        )
+        lost = {int(i) for i in lost}
+        fizzled_ids = {
+            d["fw_id"]
+            for d in self.lp.fireworks.find(
+                {"fw_id": {"$in": ids}, "state": "FIZZLED"}, {"fw_id": 1}
+            )
+        }
+        for doc in docs:
+            n_lost = len(lost & set(doc["fw_ids"]))
+            if n_lost:
+                self.coll.update_one({"_id": doc["_id"]}, {"$inc": {"lost_count": n_lost}})
+            fizzled = sorted(fizzled_ids & set(doc["fw_ids"]))
+            if fizzled and doc.get("reruns", 0) < self.max_reruns:
+                for fw_id in fizzled:
+                    self.lp.rerun_fw(fw_id)
+                self.coll.update_one({"_id": doc["_id"]}, {"$inc": {"reruns": 1}})
+
     def poll(self, handle: Handle | str) -> Status:
+        """The workflow's state, read only (a fizzled firework with reruns left is reported
+        queued: dispatch reruns it)."""
         cid = _cid(handle)
         doc = self.coll.find_one({"_id": cid})
         if doc is None or not doc.get("fw_ids"):
             raise KeyError(f"candidate {cid!r} was never submitted to this launchpad")
-        ids = doc["fw_ids"]
-        # lost runs (worker died without reporting): FireWorks marks them for rerun
-        lost, _, _ = self.lp.detect_lostruns(
-            expiration_secs=self.lost_after_s, rerun=True, query={"fw_id": {"$in": ids}}
-        )
-        lost_count = doc.get("lost_count", 0) + len(lost)
-        if lost:
-            self.coll.update_one({"_id": cid}, {"$set": {"lost_count": lost_count}})
-        states = {
-            d["fw_id"]: d["state"]
-            for d in self.lp.fireworks.find({"fw_id": {"$in": ids}}, {"fw_id": 1, "state": 1})
-        }
+        lost_count = doc.get("lost_count", 0)
+        states = self._states(doc["fw_ids"])
         if not states:
             return Status(state="failed", detail="workflow no longer on the launchpad (reset?)")
         reruns = doc.get("reruns", 0)
         fizzled = [i for i, s in states.items() if s == "FIZZLED"]
         if fizzled:
             if reruns < self.max_reruns:
-                for fw_id in fizzled:
-                    self.lp.rerun_fw(fw_id)
-                self.coll.update_one({"_id": cid}, {"$inc": {"reruns": 1}})
-                return Status(state="queued", detail="fizzled, rerun", reruns=reruns + 1)
+                detail = "fizzled; rerun at the next dispatch"
+                return Status(state="queued", detail=detail, reruns=reruns, lost_count=lost_count)
             return Status(state="failed", detail=self._error(fizzled[0]), reruns=reruns)
         values = set(states.values())
         if values == {"COMPLETED"}:

@@ -140,7 +140,7 @@ def dft_relax(
     from monty.json import MontyEncoder
 
     from dft.inputs import InvalidInputError
-    from dft.makers import QERelaxMaker, formation_energy, relax_candidate
+    from dft.makers import QERelaxMaker, formation_energy, reference_jobs, relax_candidate
     from dft.pseudos import MissingPseudoError, pseudopotentials_for
     from dft.settings import DFTSettings
 
@@ -163,7 +163,12 @@ def dft_relax(
             job = QERelaxMaker(calculation=calculation, settings_overrides=so).make(structure)
             jobs = [job]
             if formation:
-                jobs.append(formation_energy(job.output, cif.stem, settings_overrides=so))
+                refs = reference_jobs(structure, calculation, settings_overrides=so)
+                outputs = {el: ref.output for el, ref in refs.items()}
+                jobs += [
+                    *refs.values(),
+                    formation_energy(job.output, outputs, cif.stem, settings_overrides=so),
+                ]
             flow = Flow(jobs, output=jobs[-1].output)
     except (MissingPseudoError, InvalidInputError, ValueError) as exc:
         _fail(str(exc))

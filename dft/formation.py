@@ -3,9 +3,10 @@ the same settings (pymatgen PhaseDiagram does the hull)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Structure
@@ -23,6 +24,21 @@ def formation_energy_per_atom(
     return (energy - ref) / comp.num_atoms
 
 
+def _hull(
+    own: list[tuple[str, Composition, float]],
+    references: Mapping[str, float],
+    others: Iterable[tuple[Composition, float]] = (),
+) -> dict[str, float]:
+    """e_above_hull (eV/atom, negative below the hull) of each (key, composition, total energy)
+    against the elemental references and the other entries on their elements."""
+    elements = set(references)
+    entries = [PDEntry(Composition(el), e) for el, e in references.items()]
+    entries += [PDEntry(c, e) for c, e in others if {x.symbol for x in c.elements} <= elements]
+    mine = [(key, PDEntry(comp, energy)) for key, comp, energy in own]
+    diagram = PhaseDiagram([*entries, *(entry for _, entry in mine)])
+    return {key: float(diagram.get_e_above_hull(e, allow_negative=True)) for key, e in mine}
+
+
 def e_above_hull(
     composition: Composition | str,
     energy: float,
@@ -32,40 +48,45 @@ def e_above_hull(
     """Energy above the hull (eV/atom) of one result against other results and the references."""
     comp = Composition(composition)
     chemsys = {el.symbol for el in comp.elements}
-    entries = [PDEntry(Composition(el), e) for el, e in reference_per_atom.items() if el in chemsys]
-    for c, e in others:
-        c = Composition(c)
-        if {el.symbol for el in c.elements} <= chemsys:
-            entries.append(PDEntry(c, e))
-    target = PDEntry(comp, energy)
-    pd = PhaseDiagram([*entries, target])
-    return float(pd.get_e_above_hull(target, allow_negative=True))
+    refs = {el: e for el, e in reference_per_atom.items() if el in chemsys}
+    return _hull([("x", comp, energy)], refs, [(Composition(c), e) for c, e in others])["x"]
 
 
-def hull_energies(docs: Iterable[dict]) -> dict[str, float]:
-    """e_above_hull (eV/atom) of every FormationDocument (as dict) against all others with the
-    same `settings_key` and their elemental references; keyed by candidate_id.
+def hull_energies(
+    docs: Iterable[Mapping[str, Any]], id_field: str = "candidate_id"
+) -> dict[str, float]:
+    """e_above_hull (eV/atom) of every result against all others with the same `settings_key`
+    and their elemental references, keyed by `id_field`. The one hull of the project: the
+    daemon's (agent.hull) calls it on the campaign's calculations.
 
-    Mixing settings on one hull is wrong, so documents are grouped; for campaign-wide hulls fix
-    the cutoff (CRYSTALLOOP_DFT_ECUTWFC) so that all results share one key.
+    A result is a mapping with `formula`, `references` ({element: eV/atom}), `settings_key`,
+    and `energy_per_atom` or `energy` (total for `formula`); `anion_correction_per_atom` is
+    added when present, so the hull is the one Materials Project would draw (corrections change
+    relative stability across anion fractions). Results without energy or references are
+    skipped. Mixing settings on one hull is wrong, so results are grouped; for campaign-wide
+    hulls fix the cutoff (CRYSTALLOOP_DFT_ECUTWFC) so that all results share one key.
     """
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[tuple[str, Composition, float, dict]]] = {}
     for d in docs:
-        groups.setdefault(d["settings_key"], []).append(d)
+        if not d.get("references") or (
+            d.get("energy_per_atom") is None and d.get("energy") is None
+        ):
+            continue
+        comp = Composition(d["formula"])
+        per_atom = d.get("energy_per_atom")
+        if per_atom is None:
+            per_atom = d["energy"] / comp.num_atoms
+        per_atom += d.get("anion_correction_per_atom") or 0.0
+        key = d.get("settings_key") or "default"
+        groups.setdefault(key, []).append(
+            (str(d.get(id_field)), comp, per_atom * comp.num_atoms, d["references"])
+        )
     out: dict[str, float] = {}
     for group in groups.values():
         refs: dict[str, float] = {}
-        for d in group:
-            refs.update(d["references"])
-        entries = [PDEntry(Composition(el), e) for el, e in refs.items()]
-        own = []
-        for d in group:
-            entry = PDEntry(Composition(d["formula"]), d["energy"])
-            entries.append(entry)
-            own.append((d, entry))
-        pd = PhaseDiagram(entries)
-        for d, entry in own:
-            out[str(d.get("candidate_id"))] = float(pd.get_e_above_hull(entry, allow_negative=True))
+        for *_, references in group:
+            refs.update(references)
+        out.update(_hull([(key, comp, e) for key, comp, e, _ in group], refs))
     return out
 
 

@@ -194,7 +194,7 @@ class LocalJobs:
                 default=None,
             )
             if last is not None and self._progress(last).finished:
-                stage = "references"  # the formation-energy job computes the elements
+                stage = "references"  # its elements' reference jobs run (own lines below)
             else:
                 stage = "pw.x restarting"  # a corrective retry is being prepared
         elif any("chgnet" in job["name"] for job in jobs):

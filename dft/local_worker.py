@@ -1,7 +1,8 @@
 """Worker process of the local backend: `python -m dft.local_worker ROOT CANDIDATE_ID`.
 
-Runs one flow with jobflow's run_locally into the shared MontyStore and records the outcome in the
-submission file. Started detached, so it finishes its calculation even if the daemon dies."""
+Runs one flow with jobflow's run_locally into the backend's one-file-per-document store (other
+workers write beside it, never into the same file) and records the outcome in the submission
+file. Started detached, so it finishes its calculation even if the daemon dies."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def main(root: str, candidate_id: str) -> int:
     from jobflow import Flow, run_locally
     from monty.json import MontyDecoder
 
-    from dft.backends import LocalBackend, make_monty_jobstore, write_record
+    from dft.backends import LocalBackend, local_jobstore, write_record
 
     root_p = Path(root)
     key = LocalBackend.key(candidate_id)
@@ -25,7 +26,7 @@ def main(root: str, candidate_id: str) -> int:
     )
     if not isinstance(flow, Flow):
         flow = Flow(flow)
-    store = make_monty_jobstore(root_p / "db")
+    store = local_jobstore(root_p)
     error = ""
     try:
         run_locally(

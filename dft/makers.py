@@ -1,6 +1,11 @@
 """jobflow Makers for pw.x. Jobs are small functions over `dft.runner`/`dft.references`, so the
 same code runs in-process, in a local worker, or on a FireWorks worker (it only needs the package
-installed and CRYSTALLOOP_DFT_* set on that machine)."""
+installed and CRYSTALLOOP_DFT_* set on that machine).
+
+A candidate's flow: optional CHGNet pre-relaxation -> pw.x relaxation, one reference job per
+element (dft.reference_jobs: cached across flows and campaigns) -> formation energy from the
+relaxation and the references' outputs. Settings overrides are validated when a Maker or flow
+is built, so a misspelt key fails at submission, not hours later in a worker."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from pymatgen.core import Structure
 
 from dft.inputs import Calculation, make_input
 from dft.parse import QETaskDocument
+from dft.reference_jobs import ElementReferenceMaker, ReferenceDocument
+from dft.references import basis_of
 from dft.runner import run_pw
 from dft.settings import DFTSettings
 
@@ -39,6 +46,9 @@ class QEStaticMaker(Maker):
     calculation: Calculation = "scf"
     input_overrides: dict[str, Any] = field(default_factory=dict)
     settings_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _settings(self.settings_overrides)  # unknown or invalid keys: an error now
 
     @job(output_schema=QETaskDocument)
     def make(self, structure: Structure) -> QETaskDocument:
@@ -108,18 +118,28 @@ def settings_key(doc: QETaskDocument, settings: DFTSettings) -> str:
 @job(output_schema=FormationDocument)
 def formation_energy(
     task: QETaskDocument | dict,
+    references: dict[str, ReferenceDocument | dict],
     candidate_id: str | None = None,
     prerelax_steps: int | None = None,
     settings_overrides: dict[str, Any] | None = None,
 ) -> FormationDocument:
-    """Formation energy vs elemental references computed (once, cached) at the same settings."""
+    """Formation energy against the reference jobs' outputs (one per element, same basis)."""
     from dft.formation import anion_correction_per_atom, e_above_hull, formation_energy_per_atom
-    from dft.references import references_for
 
     settings = _settings(settings_overrides or {})
     doc = task if isinstance(task, QETaskDocument) else QETaskDocument.model_validate(task)
-    refs = references_for(doc.elements, doc.input, settings)
-    ref_e = {el: r["energy_per_atom"] for el, r in refs.items()}
+    refs = {
+        el: r if isinstance(r, ReferenceDocument) else ReferenceDocument.model_validate(r)
+        for el, r in references.items()
+    }
+    missing = sorted(set(doc.elements) - set(refs))
+    if missing:
+        raise ValueError(f"no reference job for {', '.join(missing)}")
+    basis = basis_of(doc.input)
+    for el, ref in refs.items():
+        if ref.basis != basis:  # energies at different bases must never be mixed
+            raise ValueError(f"reference {el} was computed at {ref.basis}, the compound at {basis}")
+    ref_e = {el: refs[el].energy_per_atom for el in sorted(doc.elements)}
     comp = doc.structure.composition
     ef = formation_energy_per_atom(comp, doc.energy, ref_e)
     correction = anion_correction_per_atom(doc.structure)
@@ -146,6 +166,21 @@ def formation_energy(
         warnings=doc.warnings,
         qe_task_dir=doc.dir_name,
     )
+
+
+def reference_jobs(
+    structure: Structure,
+    calculation: Calculation = "vc-relax",
+    input_overrides: dict[str, Any] | None = None,
+    settings_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """{element: reference job} at the basis this structure's relaxation will use (the basis
+    depends only on its elements, the settings and the overrides: a pre-relaxation keeps it)."""
+    settings = _settings(dict(settings_overrides or {}))
+    compound = make_input(structure, calculation, settings, **dict(input_overrides or {}))
+    maker = ElementReferenceMaker(settings_overrides=dict(settings_overrides or {}))
+    elements = sorted({el.symbol for el in structure.composition.elements})
+    return {el: maker.make(el, basis_of(compound)) for el in elements}
 
 
 def strip_site_properties(structure: Structure) -> Structure:
@@ -179,9 +214,10 @@ def relax_candidate(
     from dft.pseudos import pseudopotentials_for
 
     validate_structure(structure)
+    settings = _settings(dict(settings_overrides or {}))  # unknown keys fail here, not in a worker
     if check_pseudos:
         elements = [el.symbol for el in structure.composition.elements]
-        pseudopotentials_for(elements, _settings(dict(settings_overrides or {})))
+        pseudopotentials_for(elements, settings)
     structure = strip_site_properties(structure)
     if primitive:
         structure = structure.get_primitive_structure()
@@ -206,8 +242,11 @@ def relax_candidate(
         settings_overrides=dict(settings_overrides or {}),
     ).make(start)
     jobs.append(relax)
+    refs = reference_jobs(structure, calculation, input_overrides, settings_overrides)
+    jobs.extend(refs.values())
     form = formation_energy(
         relax.output,
+        {el: ref.output for el, ref in refs.items()},
         candidate_id=candidate_id,
         prerelax_steps=steps_ref,
         settings_overrides=dict(settings_overrides or {}),

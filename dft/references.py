@@ -1,13 +1,19 @@
 """Elemental reference energies, computed with exactly the settings of the compound they serve
-(same pseudos, same ecutwfc, same smearing) and cached on disk, so each is computed once even when
-several workers ask at the same time (file lock)."""
+(same pseudos, same ecutwfc, same smearing) and cached on disk, so each is computed once on a
+machine even when several workers ask at the same time (file lock).
+
+These are the calculations; `dft.reference_jobs` makes each one a jobflow job of its own, so
+that it is visible in the flow and in the JobStore, shared across campaigns, and runs on any
+FireWorks worker like every other job."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pymatgen.core import Lattice, Structure
 
@@ -49,17 +55,24 @@ def set_reference_structure(element: str, structure: Structure) -> None:
     _CUSTOM[element] = structure
 
 
-def reference_input(element: str, compound_input: PWInput, settings: DFTSettings) -> PWInput:
-    """Same basis/smearing as the compound; own k-grid; spin for gases."""
+BASIS = ("ecutwfc", "ecutrho", "smearing", "degauss", "conv_thr")
+
+
+def basis_of(compound_input: PWInput | Mapping[str, Any]) -> dict[str, Any]:
+    """What a reference must share with the compound it serves: basis, smearing, threshold."""
+    if isinstance(compound_input, PWInput):
+        return {k: getattr(compound_input, k) for k in BASIS}
+    return {k: compound_input[k] for k in BASIS}
+
+
+def reference_input(
+    element: str, compound_input: PWInput | Mapping[str, Any], settings: DFTSettings
+) -> PWInput:
+    """Same basis/smearing as the compound (its PWInput or `basis_of` it); own k-grid; spin
+    for gases."""
     s = _CUSTOM.get(element) or reference_structure(element)
     gas = element in DIATOMIC_BOND
-    over = {
-        "ecutwfc": compound_input.ecutwfc,
-        "ecutrho": compound_input.ecutrho,
-        "smearing": compound_input.smearing,
-        "degauss": compound_input.degauss,
-        "conv_thr": compound_input.conv_thr,
-    }
+    over = basis_of(compound_input)
     if gas:
         over.update(nspin=2, starting_magnetization={element: 0.5}, mixing_beta=0.3)
     return make_input(s, "relax" if gas else "vc-relax", settings, **over)
@@ -84,7 +97,10 @@ def cache_dir(settings: DFTSettings) -> Path:
 
 
 def reference_energy(
-    element: str, compound_input: PWInput, settings: DFTSettings | None = None, wait: bool = True
+    element: str,
+    compound_input: PWInput | Mapping[str, Any],
+    settings: DFTSettings | None = None,
+    wait: bool = True,
 ) -> dict | None:
     """{'element', 'energy_per_atom', 'structure', 'key', ...}: computed once per settings.
     With wait=False, returns None at once when another worker is computing it."""
@@ -125,23 +141,3 @@ def reference_energy(
         tmp.write_text(json.dumps(entry))
         tmp.replace(path)
         return entry
-
-
-def references_for(
-    elements: list[str], compound_input: PWInput, settings: DFTSettings | None = None
-) -> dict[str, dict]:
-    """All references for a compound. Elements another worker is computing are skipped and
-    revisited, so two workers needing Ba, Ti and O compute different ones side by side
-    instead of queueing on the same lock."""
-    pending = sorted(set(elements))
-    done: dict[str, dict] = {}
-    while pending:
-        for el in list(pending):
-            entry = reference_energy(el, compound_input, settings, wait=False)
-            if entry is not None:
-                done[el] = entry
-                pending.remove(el)
-        if pending:  # all that remain are being computed elsewhere: wait for the first
-            el = pending.pop(0)
-            done[el] = reference_energy(el, compound_input, settings)  # type: ignore[assignment]
-    return {el: done[el] for el in sorted(done)}

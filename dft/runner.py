@@ -1,5 +1,8 @@
 """Launch pw.x, classify how it ended, correct and retry. pw.x exits 2 (SCF) or 3 (ionic steps) and
-still prints JOB DONE, so the exit code alone is never trusted; every attempt is kept."""
+still prints JOB DONE, so the exit code alone is never trusted; every attempt is kept.
+
+A run counts as converged only when pw.x's XML record says so: a run whose XML is missing, or
+says nothing about convergence, is a failure (`unverified`), never a success by default."""
 
 from __future__ import annotations
 
@@ -17,7 +20,14 @@ from pathlib import Path
 from pymatgen.core import Structure
 
 from dft.inputs import PWInput, validate_structure, write_input
-from dft.parse import Attempt, QETaskDocument, parse_xml, qe_version_from_stdout, read_frames
+from dft.parse import (
+    Attempt,
+    QETaskDocument,
+    XMLInfo,
+    parse_xml,
+    qe_version_from_stdout,
+    read_frames,
+)
 from dft.pseudos import family_of, md5sums, pseudopotentials_for
 from dft.settings import DFTSettings
 
@@ -32,6 +42,7 @@ class FailureKind(StrEnum):
     CRASH = "crash"
     MISSING_PSEUDO = "missing_pseudo"
     BAD_INPUT = "bad_input"
+    UNVERIFIED = "unverified"  # stdout looked fine, but the XML does not confirm convergence
 
 
 RECOVERABLE = {
@@ -137,6 +148,21 @@ def classify(rc: int | None, timed_out: bool, directory: Path, calculation: str)
     return "ok", ""
 
 
+def confirm(info: XMLInfo, calculation: str) -> tuple[str, str]:
+    """(status, message) from pw.x's XML record of a run its stdout calls finished: the XML
+    must exist and state convergence; silence is not success."""
+    if info.scf_converged is None:
+        return FailureKind.UNVERIFIED.value, "no convergence record in pw.x's XML (missing?)"
+    if not info.scf_converged:
+        return FailureKind.SCF_NOT_CONVERGED.value, "XML: SCF not converged"
+    if calculation in ("relax", "vc-relax"):
+        if info.opt_converged is None:
+            return FailureKind.UNVERIFIED.value, "no ionic convergence record in pw.x's XML"
+        if not info.opt_converged:
+            return FailureKind.IONIC_NOT_CONVERGED.value, "XML: ionic relaxation not converged"
+    return "ok", ""
+
+
 def correct(kind: FailureKind, pw_input: PWInput) -> tuple[PWInput, dict]:
     """The next input after a failure, and a record of what changed (kept in the attempt)."""
     change: dict = {}
@@ -201,6 +227,8 @@ def run_pw(
             shutil.copy2(xml, adir / f"{PREFIX}.xml")
         if not settings.keep_outdir:
             shutil.rmtree(adir / "out", ignore_errors=True)
+        if status == "ok":
+            status, message = confirm(parse_xml(adir / f"{PREFIX}.xml"), current_input.calculation)
         attempts.append(
             Attempt(
                 index=i,
@@ -253,9 +281,6 @@ def run_pw(
                 "kbar: basis (ecutwfc) probably too small, cell unreliable"
             )
     family = family_of(settings)
-    ionic_conv = None
-    if current_input.calculation != "scf":
-        ionic_conv = info.opt_converged if info.opt_converged is not None else True
     return QETaskDocument(
         task_label=task_label,
         calculation=pw_input.calculation,
@@ -276,8 +301,8 @@ def run_pw(
         stress=stress,
         pressure_kbar=pressure,
         ionic_steps=ionic_total,
-        scf_converged=info.scf_converged if info.scf_converged is not None else True,
-        ionic_converged=ionic_conv,
+        scf_converged=info.scf_converged is True,  # confirm() passed: both are recorded True
+        ionic_converged=info.opt_converged is True if current_input.calculation != "scf" else None,
         pressure_ok=pressure_ok,
         successful=True,
         warnings=warnings,

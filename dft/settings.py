@@ -1,12 +1,18 @@
 """One settings object for everything DFT: read from env (CRYSTALLOOP_DFT_*) so a daemon, a test and
-a FireWorks worker on another machine all agree without passing config files around."""
+a FireWorks worker on another machine all agree without passing config files around.
+
+An unknown key - a keyword argument, a campaign's settings override, or a CRYSTALLOOP_DFT_*
+variable - is an error: a misspelt `ecutwfc` that silently falls back to the default changes
+every energy of a campaign without a trace."""
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from generators.home import crystalloop_home
@@ -17,7 +23,7 @@ PseudoFamily = Literal["pseudodojo-pbe-standard", "sg15"]
 class DFTSettings(BaseSettings):
     """Quantum ESPRESSO settings. Defaults follow measured needs on PseudoDojo (see notes)."""
 
-    model_config = SettingsConfigDict(env_prefix="CRYSTALLOOP_DFT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CRYSTALLOOP_DFT_", extra="forbid")
 
     pseudo_family: PseudoFamily = "pseudodojo-pbe-standard"
     pseudo_dir: Path | None = Field(
@@ -52,6 +58,27 @@ class DFTSettings(BaseSettings):
     concurrency: int = Field(2, ge=1, le=256, description="Local backend worker processes.")
     scratch_dir: Path | None = Field(None, description="Run directories; default HOME/dft/runs.")
     keep_outdir: bool = Field(False, description="Keep <prefix>.save (20-30 MB per job).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        prefix = cls.model_config["env_prefix"]
+        known = set(cls.model_fields)
+        given = [str(k) for k in data] if isinstance(data, dict) else []
+        from_env = [k[len(prefix) :].lower() for k in os.environ if k.upper().startswith(prefix)]
+        unknown = sorted({k for k in given + from_env if k.lower() not in known})
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key.lower(), sorted(known), n=1)
+                where = f" ({prefix}{key.upper()})" if key in from_env else ""
+                hints.append(
+                    f"{key!r}{where}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                )
+            raise ValueError(
+                f"unknown DFT setting(s) {', '.join(hints)}; known: {', '.join(sorted(known))}"
+            )
+        return data
 
     @field_validator("launcher")
     @classmethod

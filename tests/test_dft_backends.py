@@ -1,5 +1,6 @@
-"""Execution backends end to end with real pw.x: local worker processes on a MontyStore, and
-FireWorks in one process on mongomock (or a real MongoDB when CRYSTALLOOP_TEST_MONGO_URI is set)."""
+"""Execution backends end to end with real pw.x: local worker processes on the one-file-per-
+document store, and FireWorks in one process on mongomock (or a real MongoDB when
+CRYSTALLOOP_TEST_MONGO_URI is set)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from dft.backends import FireWorksBackend, LocalBackend, NotFinished, make_monty_jobstore
+from dft.backends import FireWorksBackend, LocalBackend, NotFinished
+from dft.file_store import make_file_jobstore
 from dft.makers import relax_candidate
 from dft.pseudos import install
 from dft.settings import DFTSettings
@@ -105,6 +107,102 @@ def test_local_backend_requeues_a_lost_run(dft_env: Path, tmp_path: Path) -> Non
     assert backend.result(h)["candidate_id"] == "al-requeue"
 
 
+def _record(root: Path, candidate_id: str) -> dict:
+    return json.loads((root / "submissions" / f"{LocalBackend.key(candidate_id)}.json").read_text())
+
+
+def test_reading_status_never_starts_work(dft_env: Path, tmp_path: Path) -> None:
+    """`crystalloop dft status` and poll only read: with a worker slot free and a candidate
+    queued, and a dead worker on record, nothing starts or is requeued until dispatch."""
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    root = tmp_path / "status"
+    backend = LocalBackend(root, concurrency=1, lost_retries=1)
+    first = backend.submit(
+        "al-a", relax_candidate(al(), "al-a", prerelax=False, settings_overrides=FAST)
+    )
+    second = backend.submit(
+        "al-b", relax_candidate(al(), "al-b", prerelax=False, settings_overrides=FAST)
+    )
+    assert _record(root, "al-b")["state"] == "queued"  # concurrency 1: al-a runs, al-b waits
+    os.kill(_record(root, "al-a")["pid"], signal.SIGKILL)  # frees the slot, reports nothing
+    records = sorted((root / "submissions").glob("*.json"))
+    before = [p.read_bytes() for p in records]
+    for _ in range(3):
+        shown = CliRunner().invoke(app, ["dft", "status", "--root", str(root)])
+        assert shown.exit_code == 0, shown.output
+        assert backend.poll(first).state == "queued" and backend.poll(second).state == "queued"
+    assert [p.read_bytes() for p in records] == before  # nothing written, nothing started
+    assert _record(root, "al-a")["state"] == "running" and _record(root, "al-b")["pid"] is None
+    lost = backend.poll(first)
+    assert lost.lost_count == 1 and "next dispatch" in lost.detail
+    states = backend.wait([first, second], timeout=600)  # wait dispatches: now work starts
+    assert {s.state for s in states.values()} == {"completed"}, states
+    assert states["al-a"].lost_count == 1
+
+
+def test_concurrent_local_workers_keep_every_output(tmp_path: Path) -> None:
+    """Eight flows of 25 jobs, four workers writing outputs at once: every output is there,
+    whole and unchanged, and no write is left half-done."""
+    from jobflow import Flow
+    from jobflow.core.job import store_inputs
+
+    root = tmp_path / "many"
+    backend = LocalBackend(root, concurrency=4)
+    expected: dict[str, dict] = {}
+    handles, last = [], {}
+    for f in range(8):
+        jobs = []
+        for j in range(25):
+            payload = {"flow": f, "job": j, "values": list(range(j, j + 400))}
+            jobs.append(store_inputs(payload))
+            expected[jobs[-1].uuid] = payload
+        handles.append(backend.submit(f"many-{f}", Flow(jobs, output=jobs[-1].output)))
+        last[f"many-{f}"] = expected[jobs[-1].uuid]
+    states = backend.wait(handles, timeout=600, every=0.2)
+    assert {s.state for s in states.values()} == {"completed"}, states
+    backend.store.connect()
+    stored = {d["uuid"]: d["output"] for d in backend.store.query({}, ["uuid", "output"])}
+    assert len(stored) == 8 * 25 and stored == expected
+    assert all(backend.result(h) == last[h.candidate_id] for h in handles)
+    assert not [p for p in (root / "store").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_elemental_references_are_jobs_shared_across_campaigns(
+    dft_env: Path, tmp_path: Path
+) -> None:
+    """Each element's reference is a job of its own whose uuid is fixed by element and
+    settings; a second campaign's flow finds its output in the JobStore and runs no pw.x."""
+    from jobflow import run_locally
+
+    settings = DFTSettings()
+    store = make_file_jobstore(tmp_path / "jobstore")
+    flow_a = relax_candidate(si(), "campaign-a:si", prerelax=False, settings_overrides=FAST)
+    flow_b = relax_candidate(si(), "campaign-b:si", prerelax=False, settings_overrides=FAST)
+    finer = relax_candidate(
+        si(), "c:si", prerelax=False, settings_overrides={**FAST, "ecutwfc": 22.0}
+    )
+    (ref_a,) = [j for j in flow_a.jobs if j.name == "reference Si"]
+    (ref_b,) = [j for j in flow_b.jobs if j.name == "reference Si"]
+    (ref_finer,) = [j for j in finer.jobs if j.name == "reference Si"]
+    assert ref_a.uuid == ref_b.uuid != ref_finer.uuid
+    run_locally(flow_a, store=store, ensure_success=True)
+    first = store.get_output(ref_a.uuid)
+    assert first["source"] == "computed" and first["energy_per_atom"] < -100
+    # as on another machine: no reference in its cache, none in its runs folder
+    shutil.rmtree(settings.home / "dft" / "references")
+    shutil.rmtree(settings.runs_dir / "references")
+    run_locally(flow_b, store=store, ensure_success=True)
+    second = store.get_output(ref_b.uuid)
+    assert second["source"] == "job store" and second["energy_per_atom"] == first["energy_per_atom"]
+    assert not (settings.runs_dir / "references").exists()  # pw.x never ran for it
+    formation = store.get_output(flow_b.output.uuid)
+    assert formation["references"] == {"Si": first["energy_per_atom"]}
+    assert formation["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-6)
+
+
 def _fireworks_roundtrip(lp, store, tmp_path: Path) -> None:
     from fireworks import FWorker
     from fireworks.core.rocket_launcher import rapidfire
@@ -131,7 +229,14 @@ def _fireworks_roundtrip(lp, store, tmp_path: Path) -> None:
     try:
         rapidfire(lp, FWorker(), m_dir=str(tmp_path))
         assert backend.poll(h).state == "completed"
-        assert backend.poll(hb).state == "queued"  # fizzled -> rerun
+        # the elemental reference ran as a firework of its own
+        ref = lp.fireworks.find_one({"fw_id": {"$in": h.fw_ids}, "name": "reference Al"})
+        assert ref is not None and ref["state"] == "COMPLETED"
+        assert backend.poll(hb).state == "queued"  # fizzled, reruns left: reported queued...
+        fizzled = {"fw_id": {"$in": hb.fw_ids}, "state": "FIZZLED"}
+        assert lp.fireworks.count_documents(fizzled) >= 1  # ...but reading reran nothing
+        backend.dispatch()
+        assert lp.fireworks.count_documents(fizzled) == 0
         rapidfire(lp, FWorker(), m_dir=str(tmp_path))
     finally:
         os.chdir(cwd)
@@ -155,7 +260,7 @@ def test_fireworks_backend_mongomock(dft_env: Path, tmp_path: Path, monkeypatch)
     monkeypatch.setattr(lpmod, "MongoClient", mongomock_persistence.MongoClient)
     lp = LaunchPad()
     lp.reset("", require_password=False)
-    _fireworks_roundtrip(lp, make_monty_jobstore(tmp_path / "db"), tmp_path)
+    _fireworks_roundtrip(lp, make_file_jobstore(tmp_path / "db"), tmp_path)
 
 
 @pytest.mark.skipif(

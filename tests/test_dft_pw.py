@@ -186,3 +186,46 @@ def test_references_skip_an_element_another_worker_is_computing(settings: DFTSet
     assert entry is not None and entry["element"] == "Si" and entry["energy_per_atom"] < 0
     cached = reference_energy("Si", compound, settings, wait=False)
     assert cached is not None and cached["energy_per_atom"] == entry["energy_per_atom"]
+
+
+def _pw_then(tmp_path: Path, after: str) -> str:
+    """A pw_command that runs the real pw.x, then the shell command `after` in its run folder
+    (to take away or alter the XML record pw.x wrote); pw.x's exit code is kept."""
+    script = tmp_path / "pw_then.sh"
+    script.write_text(f'#!/bin/sh\n{shutil.which("pw.x")} "$@"\nrc=$?\n{after}\nexit $rc\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_run_without_its_xml_is_a_failure_not_a_success(
+    settings: DFTSettings, tmp_path: Path
+) -> None:
+    s = settings.model_copy(update={"pw_command": _pw_then(tmp_path, "rm -f out/pwscf.xml")})
+    with pytest.raises(QERunError) as exc:
+        run_pw(si(), make_input(si(), "scf", s, **TEST), tmp_path / "run", s)
+    assert exc.value.kind == FailureKind.UNVERIFIED
+    (attempt,) = exc.value.attempts  # not retried: the same input would end the same way
+    assert attempt.returncode == 0 and attempt.status == "unverified"
+    assert "JOB DONE" in (Path(attempt.directory) / "pw.out").read_text()  # stdout looked fine
+
+
+def test_a_relaxation_without_an_ionic_convergence_record_is_a_failure(
+    settings: DFTSettings, tmp_path: Path
+) -> None:
+    drop = "sed -i '/<opt_conv>/,/<\\/opt_conv>/d' out/pwscf.xml"
+    s = settings.model_copy(update={"pw_command": _pw_then(tmp_path, drop)})
+    with pytest.raises(QERunError) as exc:
+        run_pw(si(), make_input(si(), "vc-relax", s, **TEST), tmp_path / "run", s)
+    assert exc.value.kind == FailureKind.UNVERIFIED
+    assert "ionic" in exc.value.attempts[-1].message
+
+
+def test_the_xml_record_overrules_a_clean_stdout(settings: DFTSettings, tmp_path: Path) -> None:
+    flip = "sed -i 's|<convergence_achieved>true<|<convergence_achieved>false<|' out/pwscf.xml"
+    s = settings.model_copy(update={"pw_command": _pw_then(tmp_path, flip), "max_retries": 1})
+    with pytest.raises(QERunError) as exc:
+        run_pw(si(), make_input(si(), "scf", s, **TEST), tmp_path / "run", s)
+    assert exc.value.kind == FailureKind.SCF_NOT_CONVERGED
+    first, second = exc.value.attempts  # recoverable: retried once with a smaller mixing
+    assert first.message == "XML: SCF not converged" and first.returncode == 0
+    assert second.correction["mixing_beta"] == 0.35
