@@ -22,6 +22,7 @@ element. The composition travels beside the vector; without it the vector cannot
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -42,7 +43,9 @@ class FingerprintError(ValueError):
 def electronegativity_key(symbol: str) -> tuple[float, int]:
     """Sort key of element slots: Pauling electronegativity, then Z (noble gases last)."""
     element = Element(symbol)
-    x = element.X
+    with warnings.catch_warnings():  # pymatgen warns for noble gases, which have no X
+        warnings.simplefilter("ignore")
+        x = element.X
     return (x if math.isfinite(x) else 5.0, element.Z)
 
 

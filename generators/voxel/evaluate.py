@@ -25,7 +25,6 @@ from pymatgen.core import Composition, Structure
 from generators.candidate import Candidate
 from generators.data.records import Record
 from generators.voxel.sample import VoxelGenerator
-from generators.voxel.train import record_id
 
 TARGETS = {
     "unet_recall_nonzero": (">=", 0.87),
@@ -40,20 +39,11 @@ TARGETS = {
 def held_out(
     generator: VoxelGenerator, records: Sequence[Record], spec: str
 ) -> tuple[list[Record], list[Record], bool]:
-    """(held-out, training) records of `spec` according to the split stored with the model.
+    """(held-out, training) records of `spec` according to the split stored with the model
+    (see `generators.evaluation.split_records`)."""
+    from generators.evaluation import split_records
 
-    When none of the records carries a stored validation id the data were not the model's
-    training data: all records count as held out and the flag says so.
-    """
-    val_ids = set(generator.vae_state["data"]["val_ids"]) | set(
-        generator.unet_state["data"]["val_ids"]
-    )
-    ids = [record_id(spec, r) for r in records]
-    val = [r for r, i in zip(records, ids, strict=True) if i in val_ids]
-    if not val:
-        return list(records), [], False
-    train = [r for r, i in zip(records, ids, strict=True) if i not in val_ids]
-    return val, train, True
+    return split_records(generator, records, spec)
 
 
 def evaluate_reconstruction(
