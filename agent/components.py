@@ -53,6 +53,7 @@ class GeneratorSlot:
                     elements=opts.elements or self.campaign_elements,
                     composition_temperature=opts.composition_temperature,
                     warm_start=opts.warm_start,
+                    max_sites=opts.max_sites,
                 )
             except (FileNotFoundError, ValueError) as exc:
                 raise ComponentError(f"generator 'fingerprint': {exc}") from exc

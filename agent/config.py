@@ -75,6 +75,9 @@ class FingerprintOptions(_Section):
     warm_start: bool = Field(
         True, description="start each inversion from the nearest training crystal's sites"
     )
+    max_sites: int | None = Field(
+        None, ge=1, le=10, description="largest cell sampled (sites); None = the model's 10"
+    )
     trials: int = Field(1, ge=1, le=64, description="inversion trials per sample")
     hops: int = Field(1, ge=1, le=50, description="basin-hopping hops per sample")
     steps_per_hop: int = Field(25, ge=1, le=1000, description="Adam steps per hop")

@@ -402,7 +402,6 @@ class CampaignRunner:
             "model": (self.store.deployed_model(self.name) or {}).get("version"),
         }
 
-
     def _generator_of(self, candidate_id: str | None) -> str | None:
         doc = self.store.get_candidate(candidate_id) if candidate_id else None
         return ((doc or {}).get("provenance") or {}).get("generator")

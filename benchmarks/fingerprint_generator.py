@@ -62,7 +62,9 @@ def _report(name: str, payload: dict) -> None:
     print(f"\n{name}")
     for key, value in payload.items():
         if isinstance(value, (int, float)) or value is None:
-            shown = "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else value)
+            shown = (
+                "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else value)
+            )
             print(f"  {key:36s} {shown:>10}  {_met(key, value)}")
     print(f"wrote {path}")
 

@@ -180,6 +180,10 @@ def test_element_set_keeps_samples_inside_the_chemical_space(tiny_checkpoint):
     assert gen.last_report["returned"] + rejected.get("no acceptable composition", 0) == 8
     with pytest.raises(ValueError, match="unknown element"):
         FingerprintGenerator.load(tiny_checkpoint, elements=["Qq"])
+    small = FingerprintGenerator.load(tiny_checkpoint, max_sites=4)
+    assert all(len(c.structure) <= 4 for c in small.sample_random(6, 2, seed=8))
+    with pytest.raises(ValueError, match="max_sites"):
+        FingerprintGenerator.load(tiny_checkpoint, max_sites=99)
 
 
 def test_cli_sample_and_reconstruct(tiny_checkpoint, small_csv, tmp_path):

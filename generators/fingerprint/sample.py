@@ -68,6 +68,7 @@ class FingerprintGenerator:
         composition_temperature: float = 1.0,
         max_composition_tries: int = 30,
         warm_start: bool = True,
+        max_sites: int | None = None,
     ):
         self.state = state
         self.fp_settings = FingerprintSettings(**state["fingerprint_settings"])
@@ -100,6 +101,10 @@ class FingerprintGenerator:
             ]
         )
         self.warm_start = bool(warm_start)
+        trained = int(self.model.config.max_count)
+        if max_sites is not None and not 1 <= max_sites <= trained:
+            raise ValueError(f"max_sites must be in 1..{trained} (the training maximum)")
+        self.max_sites = trained if max_sites is None else int(max_sites)
         self.last_report: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- loading
@@ -193,7 +198,7 @@ class FingerprintGenerator:
 
         count_p = torch.softmax(count_logits / self.temperature, -1).numpy()
         el_logits = element_logits / self.temperature
-        max_sites = int(self.model.config.max_count)
+        max_sites = self.max_sites
         # how many slots are filled: slot 0 always, then each next one with its own odds
         n_used = 1
         while n_used < count_p.shape[0] and rng.random() >= count_p[n_used, 0]:
