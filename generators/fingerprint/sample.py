@@ -101,7 +101,7 @@ class FingerprintGenerator:
             ]
         )
         self.warm_start = bool(warm_start)
-        trained = int(self.model.config.max_count)
+        trained = int(state["train_settings"]["max_sites"])  # largest training cell
         if max_sites is not None and not 1 <= max_sites <= trained:
             raise ValueError(f"max_sites must be in 1..{trained} (the training maximum)")
         self.max_sites = trained if max_sites is None else int(max_sites)
