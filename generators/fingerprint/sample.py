@@ -33,7 +33,6 @@ from generators.fingerprint.invert import InversionResult, Target, invert_many
 from generators.fingerprint.model import FingerprintVAE, ModelConfig
 from generators.fingerprint.settings import FingerprintSettings, InversionSettings
 from generators.fingerprint.train import load
-from generators.splits import assign_deciles
 
 GENERATOR_NAME = "fingerprint"
 
@@ -120,14 +119,13 @@ class FingerprintGenerator:
         bad = [e for e in elements if not Element.is_valid_symbol(e)]
         if bad:
             raise ValueError(f"unknown element(s) {bad}")
-        unknown = [e for e in elements if e not in self.elements]
+        # elements the model never saw cannot be drawn; the others still can
         known = [e for e in elements if e in self.elements]
         if not known:
             raise ValueError(
                 f"none of {list(elements)} occurs in this model's training data "
                 f"({len(self.elements)} elements)"
             )
-        self.unknown_elements = unknown
         return torch.tensor([e in set(known) for e in self.elements])
 
     # ----------------------------------------------------------------------------- deciles
@@ -409,11 +407,6 @@ class FingerprintGenerator:
         ids = f"{a.composition.reduced_formula}->{b.composition.reduced_formula}"
         extra = [{"base_id": ids, "t": float(t)} for t in ts]
         return self._run(z, deciles, seeds, "interpolation", extra)
-
-    # ------------------------------------------------------------------------ reconstruction
-    def decile_of(self, value: float, source: str | None = None) -> int:
-        spec = source or next(iter(self.decile_edges))
-        return int(assign_deciles(np.asarray([value]), np.asarray(self.decile_edges[spec]))[0])
 
 
 def _zero_empty_slots(fp: np.ndarray, n_used: int, settings: FingerprintSettings) -> np.ndarray:
