@@ -57,7 +57,11 @@ class StoreConnection:
         self.backend = backend
         self.settings = settings or StoreSettings()
         self.retries = 0  # transient failures survived; tests and `status` read it
-        self.c = {name: self.db[name] for name in COLLECTIONS}
+        # Opening a collection creates its table on the embedded backend: a write that can
+        # meet another process's lock, so it is retried like every other operation.
+        self.c = self._retry(
+            lambda: {name: self.db[name] for name in COLLECTIONS}, "open collections"
+        )
         self._retry(self._ensure_schema, "create indexes")
 
     # -- connection --------------------------------------------------------------------------
