@@ -5,7 +5,7 @@ generators -> policies -> dft stay in one place."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,28 @@ class Components:
         self._surrogate: Any = None
         self.surrogate_version: str | None = None
         self._policy: Any = None
+        self._known: Any = None
+
+    @property
+    def known(self) -> Any:
+        """The crystals of `filters.known_sources` (None when none are named): what a
+        candidate must not be, and what a relaxed crystal is compared with in the summary."""
+        sources = self.config.filters.known_sources
+        if self._known is None and sources:
+            from generators.known import KnownCrystals
+
+            try:
+                self._known = KnownCrystals(sources)
+            except (OSError, ValueError) as exc:
+                raise ComponentError(f"filters.known_sources: {exc}") from exc
+        return self._known
+
+    def novelty_of(self, structure: Structure) -> str | None:
+        """'new', 'known <source:id>', or None when no known sources are configured."""
+        if self.known is None:
+            return None
+        match = self.known.find(structure)
+        return "new" if match is None else f"known {match}"
 
     # -- generation ----------------------------------------------------------------------
     def generate(self, seed: int) -> list[Candidate]:
@@ -247,6 +269,8 @@ class Components:
             steps.append(fl.DuplicateFilter())
         if f.novelty:
             steps.append(fl.NoveltyFilter())
+        if self.known is not None:
+            steps.append(fl.KnownCrystalFilter(self.known))
         if f.property_window is not None:
             steps.append(fl.PropertyWindowFilter(prop, relative=f.property_window))
         base = self.base_compound()
@@ -291,18 +315,38 @@ class Components:
         return make_policy(acq.policy, objective=self.objective(), seed=seed, **params)
 
     def select(
-        self, structures: Sequence[Structure], n: int, best: float | None, seed: int
+        self,
+        structures: Sequence[Structure],
+        n: int,
+        best: float | None,
+        seed: int,
+        taken_formulas: Iterable[str] = (),
     ) -> tuple[np.ndarray, list[int]]:
-        """Scores for the whole pool and the indices of the `n` picked."""
-        policy = self.policy(seed)
+        """Scores for the whole pool and the indices of the `n` picked. With
+        `acquisition.one_per_formula`, a pick whose reduced formula is in `taken_formulas` (or
+        already picked) is passed over for the policy's next choice: two polymorphs of one
+        formula are rarely worth two relaxations in one small campaign."""
         predictions = self.surrogate.predict(
             structures,
             properties=[self.config.objective.property],
             embeddings=self.config.acquisition.diversity,
         )
-        scores = np.asarray(policy.score(None, predictions, best), dtype=float)
-        picks = list(policy.select(None, predictions, n, best))
-        return scores, picks
+        scores = np.asarray(self.policy(seed).score(None, predictions, best), dtype=float)
+        if not self.config.acquisition.one_per_formula:
+            return scores, list(self.policy(seed).select(None, predictions, n, best))
+        formulas = [s.composition.reduced_formula for s in structures]
+        ask = n
+        while True:
+            # A fresh policy per ask: a stochastic policy (Thompson) redraws from its seed.
+            ranked = list(self.policy(seed).select(None, predictions, ask, best))
+            seen, picks = set(taken_formulas), []
+            for i in ranked:
+                if formulas[i] not in seen:
+                    seen.add(formulas[i])
+                    picks.append(i)
+            if len(picks) >= n or ask >= len(structures):
+                return scores, picks[:n]
+            ask = min(len(structures), 2 * ask)
 
     # -- DFT -----------------------------------------------------------------------------
     @property

@@ -165,6 +165,13 @@ class Filters(_Section):
     elements: list[str] | None = Field(
         None, description="allowed chemical space, e.g. [Sr, Ba, Ti, Zr, O]; None = any"
     )
+    known_sources: list[str] = Field(
+        default_factory=list,
+        description="data sets whose crystals are already known (matminer:flla_2015, a "
+        "matminer or perov_5-style CSV path): a candidate matching one (CDVAE's "
+        "StructureMatcher) is rejected, and the summary checks each relaxed crystal against "
+        "them; [] = no check",
+    )
 
     @field_validator("elements")
     @classmethod
@@ -185,6 +192,12 @@ class Acquisition(_Section):
     policy: Literal["random", "greedy", "lcb", "ucb", "ei", "thompson", "max-uncertainty"] = "lcb"
     params: dict[str, float] = Field(default_factory=lambda: {"kappa": 1.0})
     diversity: bool = True
+    one_per_formula: bool = Field(
+        True,
+        description="spend at most one DFT relaxation per reduced formula in the campaign "
+        "(polymorphs of a formula already selected are passed over); false lets the policy "
+        "pick polymorphs knowingly",
+    )
 
 
 class DFTConfig(_Section):

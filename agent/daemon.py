@@ -78,6 +78,10 @@ def check_campaign(config: CampaignConfig, components: Components) -> None:
         except MissingPseudoError as exc:
             raise CampaignInvalid(f"filters.elements: {exc}") from exc
     try:
+        components.known  # noqa: B018 - indexes filters.known_sources (reads each file once)
+    except ComponentError as exc:
+        raise CampaignInvalid(str(exc)) from exc
+    try:
         components.surrogate  # noqa: B018
     except (OSError, ValueError, RuntimeError) as exc:
         raise CampaignInvalid(f"surrogate: {exc}") from exc

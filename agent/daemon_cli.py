@@ -94,6 +94,13 @@ def _write_traceback(campaign: str, exc: BaseException) -> Path:
     return path
 
 
+def _novelty_cell(novelty: str | None) -> str:
+    """'new', or 'known mp-5777': the source's id only (the caption names the sources)."""
+    if not novelty:
+        return "-"
+    return novelty if novelty == "new" else f"known {novelty.rsplit(':', 1)[-1]}"
+
+
 def _print_summary(summary: dict) -> None:
     from rich.table import Table
 
@@ -102,19 +109,35 @@ def _print_summary(summary: dict) -> None:
         f"\n[bold]{summary['campaign']}[/bold]: {summary['state']} after cycle {summary['cycle']};"
         f" candidates: {counts}; surrogate: {summary['model'] or 'shipped default'}"
     )
+    for m in summary.get("retraining") or []:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        console.print(
+            f"retraining {m['version']}: {m['state']} - CGCNN fine-tuned on "
+            f"{m['training_size']} DFT results, hold-out of {m['holdout_size']}: formation "
+            f"energy MAE {fmt(m['old_mae'])} (before) -> {fmt(m['new_mae'])} eV/atom (after)"
+        )
+    if not summary.get("retraining"):
+        console.print("retraining: none ran (too few DFT results or retraining disabled)")
     if summary["best"]:
-        table = Table(title="DFT results (best first)")
-        for col in ("formula", "generator", "E_f DFT (eV/atom)", "E_f predicted", "E above hull"):
+        checked = any(b.get("novelty") for b in summary["best"])
+        table = Table(
+            title="DFT results, best first (eV/atom)",
+            caption="E_f: formation energy, pw.x PBE vs this campaign's elemental references"
+            + ("; known: matches a crystal of filters.known_sources" if checked else ""),
+        )
+        columns = ["formula", "generator", "E_f DFT", "E_f pred.", "E_hull"]
+        for col in columns + (["relaxed crystal"] if checked else []):
             table.add_column(col)
         for b in summary["best"]:
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            table.add_row(
+            row = [
                 b["formula"],
                 b.get("generator") or "-",
                 fmt(b["formation_energy_per_atom"]),
                 fmt(b["predicted"]),
                 fmt(b["e_above_hull"]),
-            )
+            ]
+            table.add_row(*row, *([_novelty_cell(b.get("novelty"))] if checked else []))
         console.print(table)
         on_hull = [
             b["formula"]

@@ -197,15 +197,23 @@ def render(snap: Snapshot) -> RenderableType:
 
 
 def plain_lines(snap: Snapshot) -> list[str]:
-    """One line per running pw.x job, for logs (no terminal to redraw)."""
+    """One line per calculation, for logs (no terminal to redraw): a pw.x job's step, energy,
+    force and wall time; a candidate's stage (CHGNet pre-relax, waiting for references) when
+    no pw.x of its own runs, so a log never goes quiet while references are computed."""
     lines = []
     for job in snap.jobs:
+        name = job.label
+        if job.candidate_id is not None:
+            name = f"{job.label} {snap.formulas.get(job.candidate_id, '')}".rstrip()
         if job.progress is None:
+            if job.stage in ("queued", "completed", "done", "failed"):
+                continue
+            wall = f", {_wall(job)}" if _wall(job) else ""
+            lines.append(f"{name}: {job.stage}{wall}")
             continue
-        formula = snap.formulas.get(job.candidate_id or "", job.label)
         energy = f", E {_energy(job)} eV" if _energy(job) else ""
         force = f", |F| {_force(job)} eV/Å" if _force(job) else ""
-        lines.append(f"{job.label} {formula}: {job.step_text()}{energy}{force}, {_wall(job)}")
+        lines.append(f"{name}: {job.step_text()}{energy}{force}, {_wall(job)}")
     return lines
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymatgen.core import Composition, Structure
+
 from agent.components import Components
 from agent.config import CampaignConfig
 from agent.faults import checkpoint
@@ -245,7 +247,13 @@ class CampaignRunner:
             return "submit"
         structures = [Store.structure_of(d) for d in pool]
         best = self.best_dft_value()
-        scores, picks = self.components.select(structures, n, best, seed=self.config.seed + cycle)
+        spent = self.store.find_candidates(
+            self.name, ("selected", "submitted", "running", "completed"), projection=["formula"]
+        )
+        taken = {Composition(d["formula"]).reduced_formula for d in spent if d.get("formula")}
+        scores, picks = self.components.select(
+            structures, n, best, seed=self.config.seed + cycle, taken_formulas=taken
+        )
         per = {
             pool[i]["_id"]: {"score": _finite(scores[i]), "selected_cycle": cycle} for i in picks
         }
@@ -396,11 +404,31 @@ class CampaignRunner:
                     "e_above_hull": b.get("e_above_hull"),
                     "predicted": (b.get("predicted") or {}).get("mean"),
                     "generator": self._generator_of(b.get("candidate_id")),
+                    "novelty": self._novelty_of(b),
                 }
                 for b in self.store.best_materials(self.name, limit=10)
             ],
             "model": (self.store.deployed_model(self.name) or {}).get("version"),
+            "retraining": [
+                {
+                    "version": m.get("version"),
+                    "state": m.get("state"),
+                    "training_size": m.get("training_size"),
+                    "holdout_size": len(m.get("holdout_ids") or []),
+                    "old_mae": (m.get("holdout_metrics") or {}).get("old_mae"),
+                    "new_mae": (m.get("holdout_metrics") or {}).get("new_mae"),
+                }
+                for m in self.store.list_models(self.name, "surrogate")
+            ],
         }
+
+    def _novelty_of(self, material: dict) -> str | None:
+        """The DFT-relaxed crystal against `filters.known_sources`: a generated cell that
+        relaxed into a known crystal is a rediscovery, whatever the candidate looked like."""
+        structure = material.get("structure")
+        if not structure:
+            return None
+        return self.components.novelty_of(Structure.from_dict(structure))
 
     def _generator_of(self, candidate_id: str | None) -> str | None:
         doc = self.store.get_candidate(candidate_id) if candidate_id else None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pymatgen.core import Element, Structure
 
 from dft.settings import DFTSettings
@@ -37,6 +37,11 @@ class PWInput(BaseModel):
     ecutrho: float = Field(gt=20, le=3200)
     kpts: tuple[int, int, int]
     koffset: tuple[int, int, int] = (0, 0, 0)
+    gamma_only: bool = Field(
+        False,
+        description="K_POINTS gamma: real wavefunctions, about twice as fast as a 1x1x1 grid; "
+        "for molecules in a box (kpts must be 1 1 1, no offset)",
+    )
     smearing: Literal["mv", "gaussian", "fd", "mp"] = "mv"
     degauss: float = Field(0.01, gt=0, le=0.2)
     nspin: Literal[1, 2] = 1
@@ -57,6 +62,12 @@ class PWInput(BaseModel):
         if any(k < 1 or k > 64 for k in v):
             raise ValueError("k-point grid entries must be 1..64")
         return v
+
+    @model_validator(mode="after")
+    def _gamma(self) -> PWInput:
+        if self.gamma_only and (self.kpts != (1, 1, 1) or any(self.koffset)):
+            raise ValueError("gamma_only needs kpts (1, 1, 1) without offset")
+        return self
 
     @field_validator("koffset")
     @classmethod
@@ -170,6 +181,7 @@ def make_input(
         "ecutwfc": ecut,
         "ecutrho": settings.ecutrho_factor * ecut,
         "kpts": kpts or kpoint_grid(structure, settings.kpoint_density),
+        "gamma_only": kpts is not None,
         "smearing": settings.smearing,
         "degauss": settings.degauss,
         "nspin": 2 if magnetic else 1,
@@ -213,6 +225,6 @@ def write_input(
             atoms,
             input_data=data,
             pseudopotentials=pseudopotentials,
-            kpts=pw_input.kpts,
+            kpts=None if pw_input.gamma_only else pw_input.kpts,  # ASE: None -> K_POINTS gamma
             koffset=pw_input.koffset,
         )

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from generators.home import crystalloop_home
+from crystalloop.home import crystalloop_home
 
 PseudoFamily = Literal["pseudodojo-pbe-standard", "sg15"]
 

@@ -240,6 +240,25 @@ class NoveltyFilter(FilterStep):
         return out
 
 
+class KnownCrystalFilter(FilterStep):
+    """Not a crystal some data set already holds (a generator's training data, the Materials
+    Project): a DFT relaxation of one re-computes what is known. `known` answers
+    ``find(structure) -> 'source:id' | None`` (``generators.known.KnownCrystals``)."""
+
+    name = "known"
+
+    def __init__(self, known: Any) -> None:
+        self.known = known
+
+    def reasons(self, candidates, index, context):
+        out = []
+        for c in candidates:
+            match = self.known.find(c.structure)
+            c.validity[self.name] = match is None
+            out.append(None if match is None else f"is the known crystal {match}")
+        return out
+
+
 class DuplicateFilter(FilterStep):
     """Duplicates within the batch: the first occurrence is kept."""
 

@@ -229,3 +229,26 @@ def test_the_xml_record_overrules_a_clean_stdout(settings: DFTSettings, tmp_path
     first, second = exc.value.attempts  # recoverable: retried once with a smaller mixing
     assert first.message == "XML: SCF not converged" and first.returncode == 0
     assert second.correction["mixing_beta"] == 0.35
+
+
+def test_gas_reference_runs_gamma_only_with_the_grid_energy(
+    settings: DFTSettings, tmp_path: Path
+) -> None:
+    """A molecule in a box gets K_POINTS gamma (real wavefunctions, about half the time of a
+    1x1x1 grid) and the same total energy."""
+    from dft.references import reference_input, reference_structure
+
+    o2 = reference_structure("O")
+    gamma = reference_input("O", {**BASIS_25, "conv_thr": 1e-7}, settings)
+    assert gamma.gamma_only and gamma.kpts == (1, 1, 1) and gamma.nspin == 2
+    gamma = gamma.model_copy(update={"calculation": "scf"})
+    grid = gamma.model_copy(update={"gamma_only": False})
+    docs = [run_pw(o2, inp, tmp_path / name, settings) for name, inp in (("g", gamma), ("k", grid))]
+    pw_in = (Path(docs[0].attempts[0].directory) / "pw.in").read_text()
+    assert "K_POINTS gamma" in pw_in
+    assert all(d.successful and d.scf_converged for d in docs)
+    assert docs[0].energy == pytest.approx(docs[1].energy, abs=2e-4)  # eV
+    assert docs[0].wall_time_s < docs[1].wall_time_s
+
+
+BASIS_25 = {"ecutwfc": 25.0, "ecutrho": 100.0, "smearing": "mv", "degauss": 0.01}

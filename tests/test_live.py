@@ -76,9 +76,12 @@ def test_view_shows_each_job_in_80_columns(tmp_path):
     assert chgnet.split() == "77b0d4aa SrTiO3 CHGNet pre-relax 0:31".split()
     (ref,) = [line for line in lines if line.startswith("ref O")]
     assert "ionic 2 · SCF 2 (retry 1)" in ref and ref.split()[2] == "O"
-    assert plain_lines(snap)[0] == (
+    plain = plain_lines(snap)
+    assert plain[0] == (
         "1f3a9c2e Ba2SrTi3O9: ionic 2 · SCF 2, E -227.765 eV, |F| 0.040 eV/Å, 12:34/15:00"
     )
+    assert "77b0d4aa SrTiO3: CHGNet pre-relax, 0:31" in plain  # no pw.x yet: its stage
+    assert [line for line in plain if line.startswith("ref O")][0].startswith("ref O: ionic 2")
 
 
 def test_clock():

@@ -39,3 +39,36 @@ def test_no_result_on_the_hull_is_said_so(monkeypatch):
     text = printed(monkeypatch, summary([0.012, None]))
     assert "none of these lies on the campaign's convex hull" in text
     assert "on the convex hull of this campaign" not in text
+
+
+def test_summary_names_generator_novelty_and_retraining_in_80_columns(monkeypatch):
+    data = summary([0.0, 0.0002, 0.031])
+    for b, generator, novelty in zip(
+        data["best"],
+        ["fingerprint", "fingerprint", "dataset"],
+        ["new", "known matminer:flla_2015:mp-5777", "known matminer:flla_2015:mp-2657"],
+        strict=True,
+    ):
+        b.update(generator=generator, novelty=novelty)
+    data["retraining"] = [
+        {"version": "v1", "state": "rejected", "training_size": 3, "holdout_size": 1,
+         "old_mae": 0.412, "new_mae": 0.538},
+    ]  # fmt: skip
+    text = printed(monkeypatch, data)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    rows = [line.split("│")[1:-1] for line in text.splitlines() if line.startswith("│ ")]
+    assert [[cell.strip() for cell in row] for row in rows] == [
+        ["BaTiO3", "fingerprint", "-3.000", "-2.900", "0.000", "new"],
+        ["SrTiO3", "fingerprint", "-2.000", "-1.900", "0.000", "known mp-5777"],
+        ["TiO2", "dataset", "-1.000", "-0.900", "0.031", "known mp-2657"],
+    ]
+    assert (
+        "retraining v1: rejected - CGCNN fine-tuned on 3 DFT results, hold-out of 1: "
+        "formation energy MAE 0.412 (before) -> 0.538 eV/atom (after)"
+    ) in " ".join(text.split())
+
+
+def test_summary_without_known_sources_has_no_novelty_column(monkeypatch):
+    text = printed(monkeypatch, summary([0.0]))
+    assert "relaxed crystal" not in text
+    assert "retraining: none ran" in text

@@ -64,6 +64,9 @@ def retrying(
                 ) from exc
             if on_retry is not None:
                 on_retry(exc, attempt)
-            log.warning("%s: %s; retry %d in %.2f s", what, exc, attempt, delay)
+            # A lock met once or twice is routine (two processes opening one SQLite file);
+            # only a store that stays busy is worth the user's attention.
+            level = logging.WARNING if attempt >= 3 else logging.DEBUG
+            log.log(level, "%s: %s; retry %d in %.2f s", what, exc, attempt, delay)
             time.sleep(min(delay * (0.75 + random.random() / 2), remaining))
             delay = min(delay * 2, max_delay)

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from generators.home import crystalloop_home
+from crystalloop.home import crystalloop_home
 
 
 class DataSettings(BaseSettings):

@@ -70,7 +70,7 @@ def _digest(specs: list[str], settings: FingerprintSettings, max_sites: int) -> 
 
 
 def default_cache_dir() -> Path:
-    from generators.home import crystalloop_home
+    from crystalloop.home import crystalloop_home
 
     return crystalloop_home() / "fingerprint-cache"
 
