@@ -199,7 +199,8 @@ class _MatcherIndex:
 
 
 class NoveltyFilter(FilterStep):
-    """Not in the training data and not already in the store (context.reference)."""
+    """Not already in the store (context.reference: the campaign's earlier cycles); the
+    training data is `KnownCrystalFilter`'s."""
 
     name = "novelty"
 
