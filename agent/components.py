@@ -371,4 +371,5 @@ class Components:
             prerelax=self.config.dft.chgnet_prerelax,
             settings_overrides=self.config.dft.settings_overrides(),
             calculation=self.config.dft.calculation,
+            symprec=self.config.dft.symprec,
         )

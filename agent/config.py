@@ -211,6 +211,13 @@ class DFTConfig(_Section):
     chgnet_prerelax: bool = True
     max_seconds: float = Field(7200.0, gt=0, description="wall-time limit per pw.x job")
     calculation: Literal["vc-relax", "relax", "scf"] = "vc-relax"
+    symprec: float | None = Field(
+        0.1,
+        gt=0,
+        le=0.5,
+        description="Angstrom: snap each cell onto its symmetry before pw.x (a generated cell "
+        "with noise has no symmetry and ~9x the k-points); null = relax the cell as given",
+    )
 
     @field_validator("ecutwfc")
     @classmethod

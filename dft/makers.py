@@ -192,6 +192,32 @@ def strip_site_properties(structure: Structure) -> Structure:
     return clean
 
 
+def symmetrized(structure: Structure, symprec: float) -> Structure:
+    """The primitive standard cell of `structure` with its sites snapped onto the symmetry
+    spglib finds within `symprec` (Angstrom); `structure` itself when spglib fails or the
+    result would change the composition.
+
+    Why: a generated or force-field-relaxed cell is a symmetric crystal plus noise of a few
+    hundredths of an Angstrom. pw.x then finds no symmetry and integrates the whole Brillouin
+    zone - a distorted 5-atom perovskite at 4x4x4 has 36 k-points where the cubic one has 4 -
+    and its BFGS never restores the symmetry. Distortions larger than `symprec` are kept."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        out = SpacegroupAnalyzer(structure, symprec=symprec).get_primitive_standard_structure()
+    except Exception:  # noqa: BLE001 - spglib fails on some broken cells: leave them as they are
+        return structure
+    if out.composition.reduced_formula != structure.composition.reduced_formula:
+        return structure
+    return out
+
+
+@job
+def symmetrize(structure: Structure, symprec: float) -> Structure:
+    """`symmetrized` as a job of the flow, so the cell pw.x started from is in the JobStore."""
+    return symmetrized(structure, symprec)
+
+
 def relax_candidate(
     structure: Structure,
     candidate_id: str | None = None,
@@ -202,11 +228,15 @@ def relax_candidate(
     input_overrides: dict[str, Any] | None = None,
     settings_overrides: dict[str, Any] | None = None,
     calculation: Calculation = "vc-relax",
+    symprec: float | None = 0.1,
 ) -> Flow:
-    """Optional CHGNet pre-relaxation -> pw.x vc-relax (or relax / scf) -> formation energy.
+    """Optional CHGNet pre-relaxation -> symmetrization -> pw.x vc-relax (or relax / scf) ->
+    formation energy.
 
     The flow's output is the FormationDocument; every job carries metadata candidate_id.
     `primitive` relaxes the primitive cell (fewer atoms: pw.x cost grows ~N^2-N^3).
+    `symprec` (Angstrom; None = off) snaps the cell pw.x starts from onto its symmetry
+    (`symmetrized`: far fewer k-points, and pw.x keeps the symmetry while relaxing).
     `check_pseudos` raises MissingPseudoError (every missing element named) now, not in a worker;
     turn it off when only the workers have the pseudopotentials.
     """
@@ -236,6 +266,11 @@ def relax_candidate(
         jobs.append(ff)
         start = ff.output.structure
         steps_ref = ff.output.output.n_steps
+    if symprec is not None:
+        sym = symmetrize(start, symprec)
+        sym.name = "symmetrize"
+        jobs.append(sym)
+        start = sym.output
     relax = QERelaxMaker(
         calculation=calculation,
         input_overrides=dict(input_overrides or {}),

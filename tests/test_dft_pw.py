@@ -252,3 +252,31 @@ def test_gas_reference_runs_gamma_only_with_the_grid_energy(
 
 
 BASIS_25 = {"ecutwfc": 25.0, "ecutrho": 100.0, "smearing": "mv", "degauss": 0.01}
+
+
+def test_symmetrized_cell_cuts_the_k_points_pw_x_integrates(
+    settings: DFTSettings, tmp_path: Path
+) -> None:
+    """Silicon with 0.03 A of noise: pw.x finds no symmetry and integrates many more k-points
+    than for the cell `symmetrized` hands it; the energies agree to the noise."""
+    from dft.makers import symmetrized
+
+    noisy = si()
+    noisy.translate_sites([1], [0.006, -0.004, 0.005])  # fractional: about 0.03 A
+    clean = symmetrized(noisy, 0.1)
+    docs = [
+        run_pw(s, make_input(s, "scf", settings, **TEST), tmp_path / name, settings)
+        for name, s in (("noisy", noisy), ("clean", clean))
+    ]
+    k = [
+        int(
+            next(
+                line.split("=")[1].split()[0]
+                for line in (Path(d.attempts[0].directory) / "pw.out").read_text().splitlines()
+                if "number of k points=" in line
+            )
+        )
+        for d in docs
+    ]
+    assert k[1] < k[0] and k[1] <= 3  # 2x2x2 unshifted fcc: 3 irreducible points
+    assert docs[1].energy == pytest.approx(SI_SCF_ENERGY, abs=2e-3)

@@ -172,6 +172,7 @@ def test_run_and_watch_show_the_running_pw_x_step_and_energy(
             "max_concurrent": 1,
             "chgnet_prerelax": False,
             "max_seconds": 300,
+            "symprec": None,  # keep the distortion: the view must follow several ionic steps
         },
         "budgets": {"max_dft_calculations": 1},
         "retraining": {"enabled": False},
