@@ -158,6 +158,9 @@ class Components:
         self.surrogate_version: str | None = None
         self._policy: Any = None
         self._known: Any = None
+        # (formula, DFT formation energy per atom) of the campaign's results: the hull that a
+        # predicted e_above_hull is measured against; the loop refreshes it before each use
+        self.hull_points: list[tuple[str, float]] = []
 
     @property
     def known(self) -> Any:
@@ -172,13 +175,6 @@ class Components:
             except (OSError, ValueError) as exc:
                 raise ComponentError(f"filters.known_sources: {exc}") from exc
         return self._known
-
-    def novelty_of(self, structure: Structure) -> str | None:
-        """'new', 'known <source:id>', or None when no known sources are configured."""
-        if self.known is None:
-            return None
-        match = self.known.find(structure)
-        return "new" if match is None else f"known {match}"
 
     # -- generation ----------------------------------------------------------------------
     def generate(self, seed: int) -> list[Candidate]:
@@ -208,8 +204,32 @@ class Components:
             self.surrogate_version = "shipped-default"
         return self._surrogate
 
-    def predict(self, structures: Sequence[Structure], embeddings: bool = False) -> Any:
-        return self.surrogate.predict(structures, embeddings=embeddings)
+    def predict(
+        self,
+        structures: Sequence[Structure],
+        embeddings: bool = False,
+        properties: Sequence[str] | None = None,
+    ) -> Any:
+        """The surrogate's predictions, plus ``e_above_hull`` when the objective asks for it:
+        no network predicts a distance to this campaign's hull, so it is derived from the
+        predicted formation energy and the hull of the DFT results so far (`hull_points`)."""
+        wanted = list(properties) if properties is not None else None
+        derived = self.config.objective.property == "e_above_hull" and (
+            wanted is None or "e_above_hull" in wanted
+        )
+        if wanted is not None and derived:
+            wanted = [p for p in wanted if p != "e_above_hull"] + ["formation_energy_per_atom"]
+        predictions = self.surrogate.predict(structures, properties=wanted, embeddings=embeddings)
+        if derived:
+            from dft.formation import hull_formation_energy
+
+            mean, std = predictions["formation_energy_per_atom"]
+            hull = hull_formation_energy([s.composition for s in structures], self.hull_points)
+            predictions["e_above_hull"] = (mean - hull, std)  # sigma: the hull itself is DFT
+            members = predictions.members.get("formation_energy_per_atom")
+            if members is not None:
+                predictions.members["e_above_hull"] = members - hull
+        return predictions
 
     @staticmethod
     def prediction_summary(predictions: Any, index: int) -> dict[str, dict[str, float | None]]:
@@ -326,10 +346,10 @@ class Components:
         `acquisition.one_per_formula`, a pick whose reduced formula is in `taken_formulas` (or
         already picked) is passed over for the policy's next choice: two polymorphs of one
         formula are rarely worth two relaxations in one small campaign."""
-        predictions = self.surrogate.predict(
+        predictions = self.predict(
             structures,
-            properties=[self.config.objective.property],
             embeddings=self.config.acquisition.diversity,
+            properties=[self.config.objective.property],
         )
         scores = np.asarray(self.policy(seed).score(None, predictions, best), dtype=float)
         if not self.config.acquisition.one_per_formula:

@@ -40,14 +40,24 @@ class _Section(BaseModel):
 
 
 class Objective(_Section):
-    """What the campaign looks for. ``minimise``: the lowest DFT value of ``property`` (a new
-    campaign best is a discovery); ``window``: values inside [min, max] (each new DFT result
-    inside the window is a discovery)."""
+    """What the campaign looks for. ``minimise``: the policies rank candidates by the lowest
+    predicted ``property``; ``window``: by predicted values inside [min, max].
+    ``e_above_hull`` is predicted from the formation energy against the campaign's hull.
+    Whatever the goal, a discovery is what ``agent.hull.is_discovery`` says: new against
+    ``filters.known_sources``, below its elements and within ``hull_tolerance`` of the hull,
+    and inside the window for a window goal."""
 
     goal: Literal["minimise", "window"] = "minimise"
     property: Property = "formation_energy_per_atom"
     min: float | None = None
     max: float | None = None
+    hull_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="eV/atom above the campaign's convex hull that a discovery may lie "
+        "(0 = on the hull; 0.05-0.1 admits metastable crystals)",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Objective:

@@ -9,8 +9,6 @@ from rich.console import Console
 
 # log lines name no source file: they are for the user, not a debugger
 console = Console(log_path=False)
-# eV/atom: a result the table prints as 0.000 above the hull is on it (DFT noise is larger)
-ON_HULL = 5e-4
 
 
 def _load(config_path: Path):
@@ -104,6 +102,8 @@ def _novelty_cell(novelty: str | None) -> str:
 def _print_summary(summary: dict) -> None:
     from rich.table import Table
 
+    from agent.hull import ON_HULL
+
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items() if v)
     console.print(
         f"\n[bold]{summary['campaign']}[/bold]: {summary['state']} after cycle {summary['cycle']};"
@@ -148,6 +148,12 @@ def _print_summary(summary: dict) -> None:
             console.print(f"on the convex hull of this campaign: {', '.join(on_hull)}")
         else:
             console.print("none of these lies on the campaign's convex hull")
+        found = [b["formula"] for b in summary["best"] if b.get("discovery")]
+        console.print(
+            f"discoveries (new, stable, on objective): {', '.join(found)}"
+            if found
+            else "no discoveries: nothing new and stable on the objective (agent.hull)"
+        )
 
 
 def stop(

@@ -208,6 +208,7 @@ class CampaignRunner:
         if not docs:
             return "select"
         structures = [Store.structure_of(d) for d in docs]
+        self.components.hull_points = self.hull_points()
         predictions = self.components.predict(structures)
         known = self.components.known_structures(self.store, self.name, exclude_cycle=cycle)
         verdicts = self.components.screen(docs, structures, predictions, known)
@@ -251,6 +252,7 @@ class CampaignRunner:
             self.name, ("selected", "submitted", "running", "completed"), projection=["formula"]
         )
         taken = {Composition(d["formula"]).reduced_formula for d in spent if d.get("formula")}
+        self.components.hull_points = self.hull_points()
         scores, picks = self.components.select(
             structures, n, best, seed=self.config.seed + cycle, taken_formulas=taken
         )
@@ -338,13 +340,15 @@ class CampaignRunner:
                 self.report(f"DFT failed for {doc['formula']}: {status.detail[:200]}")
                 finished += 1
         if finished:
-            update_hull(self.store, self.name)
+            update_hull(self.store, self.name, self.config.objective)
             self.retrain.maybe_start()
         self.retrain.poll()
         return finished
 
     def _store_result(self, doc: dict, result: dict) -> None:
-        predicted = (doc.get("predictions") or {}).get(self.config.objective.property, {})
+        predictions = doc.get("predictions") or {}
+        predicted = predictions.get(self.config.objective.property, {})
+        predicted_ef = predictions.get("formation_energy_per_atom", {})
         raw = result["formation_energy_per_atom"]
         corrected = result.get("formation_energy_per_atom_corrected")
         fields = {
@@ -366,7 +370,11 @@ class CampaignRunner:
             "wall_time_s": result.get("wall_time_s"),
             "n_attempts": result.get("n_attempts"),
             "warnings": result.get("warnings", []),
-            "predicted": predicted,
+            # the relaxed crystal against filters.known_sources: a generated cell can relax
+            # into a known crystal, and then it is no discovery (agent.hull.is_discovery)
+            "known_match": self._known_match(result["structure"]),
+            "predicted": predicted,  # of the objective's property
+            "predicted_formation_energy": predicted_ef,
             "cycle": doc.get("cycle"),
             "task_doc": _jsonable(result),
         }
@@ -381,8 +389,19 @@ class CampaignRunner:
         self.report(
             f"DFT done: {fields['formula']} formation energy "
             f"{fields['formation_energy_per_atom']:.3f} eV/atom "
-            f"(predicted {predicted.get('mean', float('nan')):.3f})"
+            f"(predicted {predicted_ef.get('mean', float('nan')):.3f})"
         )
+
+    def hull_points(self) -> list[tuple[str, float]]:
+        """(formula, formation energy per atom) of every completed DFT result."""
+        calcs = self.store.find_calculations(
+            self.name, "completed", projection=["formula", "formation_energy_per_atom"]
+        )
+        return [
+            (c["formula"], float(c["formation_energy_per_atom"]))
+            for c in calcs
+            if isinstance(c.get("formation_energy_per_atom"), int | float)
+        ]
 
     def best_dft_value(self) -> float | None:
         key = self.config.objective.property
@@ -402,9 +421,12 @@ class CampaignRunner:
                     "formula": b.get("formula"),
                     "formation_energy_per_atom": b.get("formation_energy_per_atom"),
                     "e_above_hull": b.get("e_above_hull"),
-                    "predicted": (b.get("predicted") or {}).get("mean"),
+                    "predicted": (
+                        b.get("predicted_formation_energy") or b.get("predicted") or {}
+                    ).get("mean"),
                     "generator": self._generator_of(b.get("candidate_id")),
                     "novelty": self._novelty_of(b),
+                    "discovery": bool(b.get("discovery")),
                 }
                 for b in self.store.best_materials(self.name, limit=10)
             ],
@@ -422,13 +444,22 @@ class CampaignRunner:
             ],
         }
 
-    def _novelty_of(self, material: dict) -> str | None:
-        """The DFT-relaxed crystal against `filters.known_sources`: a generated cell that
-        relaxed into a known crystal is a rediscovery, whatever the candidate looked like."""
-        structure = material.get("structure")
-        if not structure:
+    def _known_match(self, structure: Any) -> str | None:
+        if self.components.known is None:
             return None
-        return self.components.novelty_of(Structure.from_dict(structure))
+        if isinstance(structure, dict):
+            structure = Structure.from_dict(structure)
+        return self.components.known.find(structure)
+
+    def _novelty_of(self, material: dict) -> str | None:
+        """'new' / 'known <match>' for the DFT-relaxed crystal (stored when it completed), or
+        None when the campaign names no known sources."""
+        if self.components.known is None:
+            return None
+        if "known_match" not in material and material.get("structure"):
+            material["known_match"] = self._known_match(material["structure"])
+        match = material.get("known_match")
+        return "new" if match is None else f"known {match}"
 
     def _generator_of(self, candidate_id: str | None) -> str | None:
         doc = self.store.get_candidate(candidate_id) if candidate_id else None

@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Structure
 
@@ -120,3 +121,27 @@ def anion_correction_per_atom(structure: Structure) -> float:
     else:
         per_anion = table.get(anion.symbol, 0.0)
     return float(per_anion) * comp[anion] / comp.num_atoms
+
+
+def hull_formation_energy(
+    compositions: Iterable[Composition | str],
+    results: Iterable[tuple[Composition | str, float]],
+) -> np.ndarray:
+    """The convex hull's formation energy (eV/atom, <= 0) at each composition, drawn through
+    the elements (0) and `results` (composition, formation energy per atom).
+
+    A predicted formation energy minus this is a predicted energy above the hull: the
+    objective `e_above_hull` asks where a candidate would land on the campaign's hull, which
+    only its composition and its own formation energy decide. `results` must be on the same
+    scale as the prediction (here: MP-corrected PBE, like the surrogate's training data)."""
+    comps = [Composition(c) for c in compositions]
+    points = [(Composition(c), float(e)) for c, e in results if np.isfinite(e)]
+    elements = {el for c in comps for el in c.elements} | {
+        el for c, _ in points for el in c.elements
+    }
+    if not comps:
+        return np.zeros(0)
+    entries = [PDEntry(Composition({el: 1}), 0.0) for el in elements]
+    entries += [PDEntry(c, e * c.num_atoms) for c, e in points]
+    diagram = PhaseDiagram(entries)
+    return np.array([diagram.get_hull_energy_per_atom(c) for c in comps], dtype=float)

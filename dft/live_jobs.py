@@ -124,6 +124,10 @@ class LocalJobs:
                 return []
         return self._jobs[candidate_id]
 
+    def _done(self, job: dict) -> bool:
+        """Whether a job of the flow has finished: the worker's store holds its output."""
+        return bool(job["uuid"]) and (self.root / "store" / "outputs" / job["uuid"]).is_dir()
+
     def _run_dirs(self, uuid: str) -> list[Path]:
         return sorted(self.runs_dir.glob(f"*-{uuid}-*")) if uuid else []
 
@@ -197,8 +201,10 @@ class LocalJobs:
                 stage = "references"  # its elements' reference jobs run (own lines below)
             else:
                 stage = "pw.x restarting"  # a corrective retry is being prepared
-        elif any("chgnet" in job["name"] for job in jobs):
+        elif any("chgnet" in job["name"] and not self._done(job) for job in jobs):
             stage = "CHGNet pre-relax"
+        elif jobs:
+            stage = "references"  # its elements' reference jobs run first (own lines below)
         else:
             stage = "starting"
         return JobView(label, cid, stage, elapsed_s=worker_elapsed)

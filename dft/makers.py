@@ -180,7 +180,7 @@ def reference_jobs(
     compound = make_input(structure, calculation, settings, **dict(input_overrides or {}))
     maker = ElementReferenceMaker(settings_overrides=dict(settings_overrides or {}))
     elements = sorted({el.symbol for el in structure.composition.elements})
-    return {el: maker.make(el, basis_of(compound)) for el in elements}
+    return {el: maker.make(el, basis_of(compound), siblings=elements) for el in elements}
 
 
 def strip_site_properties(structure: Structure) -> Structure:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -97,9 +97,17 @@ def _stored(key: str) -> dict | None:
 
 
 def run_reference(
-    element: str, basis: dict[str, Any], settings_overrides: dict[str, Any]
+    element: str,
+    basis: dict[str, Any],
+    settings_overrides: dict[str, Any],
+    siblings: Sequence[str] = (),
 ) -> ReferenceDocument:
-    """The job's body: the stored output if there is one, else this machine's cache, else pw.x."""
+    """The job's body: the stored output if there is one, else this machine's cache, else pw.x.
+
+    When another worker is computing this element right now, this one computes the missing
+    references of `siblings` (the other elements of its compound, at the same basis) before
+    it waits: two workers starting on two compounds of one chemistry then share the
+    references out instead of one idling on the other's lock."""
     settings = DFTSettings(**settings_overrides)
     pw_input = reference_input(element, basis, settings)
     key = fingerprint(element, pw_input, settings)
@@ -107,7 +115,16 @@ def run_reference(
     if stored is not None:
         return ReferenceDocument(**{**stored, "source": "job store"})
     cached = (cache_dir(settings) / f"{element}-{key}.json").is_file()
-    entry = reference_energy(element, basis, settings)
+    entry = reference_energy(element, basis, settings, wait=False)
+    if entry is None:
+        for other in siblings:
+            if other == element:
+                continue
+            try:
+                reference_energy(other, basis, settings, wait=False)
+            except Exception:  # noqa: BLE001,S112 - its own job runs it again and reports why
+                continue
+        entry = reference_energy(element, basis, settings)
     return ReferenceDocument(
         **entry,
         settings_hash=settings_hash(element, basis, settings),
@@ -123,12 +140,12 @@ class ElementReferenceMaker(Maker):
     name: str = "reference"
     settings_overrides: dict[str, Any] = field(default_factory=dict)
 
-    def make(self, element: str, basis: Mapping[str, Any]) -> Job:
+    def make(self, element: str, basis: Mapping[str, Any], siblings: Sequence[str] = ()) -> Job:
         settings = DFTSettings(**self.settings_overrides)
         basis = basis_of(basis)
         return Job(
             function=run_reference,
-            function_args=(element, basis, dict(self.settings_overrides)),
+            function_args=(element, basis, dict(self.settings_overrides), list(siblings)),
             uuid=reference_uuid(element, basis, settings),
             name=f"{self.name} {element}",
             output_schema=ReferenceDocument,

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pymatgen.core import Lattice, Structure
 
 from dft.backends import FireWorksBackend, LocalBackend, NotFinished
 from dft.file_store import make_file_jobstore
+from dft.inputs import make_input
 from dft.makers import relax_candidate
 from dft.pseudos import install
 from dft.settings import DFTSettings
@@ -283,3 +285,37 @@ def test_fireworks_backend_real_mongodb(dft_env: Path, tmp_path: Path) -> None:
         _fireworks_roundtrip(lp, store, tmp_path)
     finally:
         lp.connection.drop_database(name)
+
+
+def test_a_reference_locked_elsewhere_computes_its_siblings_first(dft_env: Path) -> None:
+    """Two workers on compounds of one chemistry: while another holds Al's lock, the Al job
+    computes Si (the compound's other element) instead of idling, then waits for Al."""
+    import fcntl
+    import threading
+
+    from dft.reference_jobs import run_reference
+    from dft.references import basis_of, cache_dir, fingerprint, reference_input
+
+    settings = DFTSettings(**FAST)
+    basis = basis_of(make_input(si(), "vc-relax", settings))
+    paths = {
+        el: cache_dir(settings)
+        / f"{el}-{fingerprint(el, reference_input(el, basis, settings), settings)}"
+        for el in ("Al", "Si")
+    }
+    held = open(paths["Al"].with_suffix(".lock"), "w")  # noqa: SIM115 - the other worker
+    fcntl.flock(held, fcntl.LOCK_EX)
+    out: dict = {}
+    job = threading.Thread(
+        target=lambda: out.update(doc=run_reference("Al", basis, FAST, ["Al", "Si"]))
+    )
+    job.start()
+    deadline = time.time() + 120
+    while not paths["Si"].with_suffix(".json").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    assert paths["Si"].with_suffix(".json").is_file()  # computed while Al was locked
+    assert job.is_alive() and not paths["Al"].with_suffix(".json").is_file()
+    fcntl.flock(held, fcntl.LOCK_UN)  # the other worker gave up: this job computes Al itself
+    held.close()
+    job.join(timeout=120)
+    assert out["doc"].element == "Al" and out["doc"].source == "computed"

@@ -120,6 +120,33 @@ def test_candidate_and_reference_views_from_the_backend_files(tmp_path):
     assert after.stage == "references" and after.progress is None
 
 
+def test_a_candidate_is_in_chgnet_until_its_output_is_stored(tmp_path):
+    """Jobs of a flow that run no pw.x of their own: CHGNet until the worker's store holds
+    its output, then (the relaxation not started yet) the references the worker runs first."""
+    import json
+
+    from dft.backends import LocalBackend
+
+    root, runs = tmp_path / "local", tmp_path / "runs"
+    for sub in ("submissions", "flows"):
+        (root / sub).mkdir(parents=True)
+    flow = {
+        "@class": "Flow",
+        "jobs": [
+            {"@class": "Job", "name": "chgnet prerelax", "uuid": "u-ff", "index": 1},
+            {"@class": "Job", "name": "qe relax", "uuid": "u-relax", "index": 1},
+        ],
+    }
+    key = LocalBackend.key("cand")
+    (root / "flows" / f"{key}.json").write_text(json.dumps(flow))
+    record = {"candidate_id": "cand", "key": key, "state": "running", "started_at": time.time()}
+    (root / "submissions" / f"{key}.json").write_text(json.dumps(record))
+    jobs = LocalJobs(root=root, runs_dir=runs, walltime_s=900, processes=lambda: [])
+    assert jobs.views(["cand"])[0].stage == "CHGNet pre-relax"
+    (root / "store" / "outputs" / "u-ff").mkdir(parents=True)
+    assert jobs.views(["cand"])[0].stage == "references"
+
+
 @pytest.mark.dft
 @pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x not installed (make qe)")
 def test_follows_a_live_pw_x_run(tmp_path, crystalloop_home, monkeypatch):
