@@ -109,6 +109,8 @@ def _campaign_summary(store: Any, campaign: dict[str, Any]) -> dict[str, Any]:
                 "formula": b.get("formula") or formulas.get(b["candidate_id"], {}).get("formula"),
                 "formation_energy_per_atom": b.get("formation_energy_per_atom"),
                 "e_above_hull": b.get("e_above_hull"),
+                "discovery": bool(b.get("discovery")),  # agent.hull.is_discovery's verdict
+                "known_match": b.get("known_match"),
                 "predicted": (
                     (formulas.get(b["candidate_id"], {}).get("predictions") or {}).get(
                         "formation_energy_per_atom", {}
@@ -229,7 +231,7 @@ def _print_status(s: dict[str, Any]) -> None:
     console.print(f"model: {s['model'] or '-'}   daemon: {s['daemon'] or 'none'}")
     if s["best"]:
         best = Table(title="best so far (DFT, eV/atom)", box=box.SIMPLE_HEAD, title_justify="left")
-        for col in ("formula", "E_form", "predicted", "E_hull", "candidate"):
+        for col in ("formula", "E_form", "predicted", "E_hull", "discovery", "candidate"):
             best.add_column(col, justify="left" if col in ("formula", "candidate") else "right")
         for b in s["best"]:
             best.add_row(
@@ -237,9 +239,14 @@ def _print_status(s: dict[str, Any]) -> None:
                 _fmt(b["formation_energy_per_atom"]),
                 _fmt(b["predicted"]),
                 _fmt(b["e_above_hull"]),
+                "yes" if b.get("discovery") else ("known" if b.get("known_match") else "no"),
                 b["candidate_id"][:12],
             )
         console.print(best)
+        console.print(
+            "discovery: new against filters.known_sources, below the elements and within "
+            "objective.hull_tolerance of the campaign's hull"
+        )
 
 
 def _flatten(doc: dict[str, Any], calc: dict[str, Any] | None) -> dict[str, Any]:
