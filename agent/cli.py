@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from agent import daemon_cli, store_cli
+from agent import check, daemon_cli, store_cli
 from dft import cli as dft_cli
 from generators.data import cli as data_cli
 from generators.voxel import cli as voxel_cli
@@ -14,8 +14,10 @@ from policies import cli as policies_cli
 app = typer.Typer(
     name="crystalloop",
     help=(
-        "Autonomous discovery of inorganic crystals: generate candidates with a voxel VAE, "
-        "rank them with a CGCNN ensemble, relax the best with Quantum ESPRESSO, learn, repeat."
+        "Autonomous discovery of inorganic crystals: generate candidates by fingerprint "
+        "inversion or with a voxel VAE, rank them with a CGCNN ensemble, relax the best with "
+        "Quantum ESPRESSO, learn, repeat. Start with `crystalloop init`, `crystalloop check "
+        "FILE`, `crystalloop run FILE`."
     ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -24,6 +26,7 @@ app = typer.Typer(
 for component in (
     store_cli,
     daemon_cli,
+    check,
     data_cli,
     voxel_cli,
     voxel_commands,

@@ -114,7 +114,11 @@ class GeneratorConfig(_Section):
     name: str = Field("voxel-vae", min_length=1, description="voxel-vae | fingerprint | dataset")
     candidates_per_cycle: int = Field(1000, ge=1, le=1_000_000)
     mode: Literal["random-per-decile", "around-base"] = "random-per-decile"
-    condition_property: Property = "formation_energy_per_atom"
+    condition_property: Literal["formation_energy_per_atom"] = Field(
+        "formation_energy_per_atom",
+        description="what the deciles are deciles of: the shipped generators are conditioned "
+        "on formation energy only (each on its training sources' scales)",
+    )
     deciles: list[int] = Field(default_factory=lambda: [0, 1, 2])
     base_compounds: list[str] = Field(
         default_factory=list, description="formulas (e.g. SrTiO3) or CIF paths"
@@ -263,7 +267,6 @@ class Retraining(_Section):
     min_improvement: float = Field(
         0.0, ge=0, description="required drop of hold-out MAE; 0 = not-worse gate"
     )
-    update_deciles: bool = True
 
 
 class Stopping(_Section):

@@ -77,6 +77,13 @@ def check_campaign(config: CampaignConfig, components: Components) -> None:
             )
         except MissingPseudoError as exc:
             raise CampaignInvalid(f"filters.elements: {exc}") from exc
+    from policies.surrogate import PROPERTIES as HEADS
+
+    if config.objective.property not in (*HEADS, "e_above_hull"):
+        raise CampaignInvalid(
+            f"objective.property {config.objective.property!r}: the surrogate predicts "
+            f"{', '.join(HEADS)} (and e_above_hull, from the formation energy)"
+        )
     try:
         components.known  # noqa: B018 - indexes filters.known_sources (reads each file once)
     except ComponentError as exc:

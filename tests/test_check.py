@@ -1,0 +1,90 @@
+"""`crystalloop check FILE`: a complete validation that writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from agent.cli import app
+
+runner = CliRunner()
+DEMO = Path(__file__).parents[1] / "examples" / "perovskite-demo.yaml"
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture()
+def empty_home(tmp_path, monkeypatch, crystalloop_home) -> Path:
+    """A CRYSTALLOOP_HOME that does not exist yet (pseudopotentials from the installed set)."""
+    from dft.pseudos import install
+    from dft.settings import DFTSettings
+
+    monkeypatch.setenv(
+        "CRYSTALLOOP_DFT_PSEUDO_DIR", str(install("pseudodojo-pbe-standard", DFTSettings()))
+    )
+    home = tmp_path / "never-written"
+    monkeypatch.setenv("CRYSTALLOOP_HOME", str(home))
+    return home
+
+
+def test_the_init_template_checks_and_nothing_is_written(empty_home, tmp_path):
+    template = tmp_path / "campaign.yaml"
+    assert runner.invoke(app, ["init", str(template)]).exit_code == 0
+    result = runner.invoke(app, ["check", str(template)])
+    out = words(result.output)
+    assert result.exit_code == 0, out
+    assert out.startswith("my-campaign: valid. Per cycle it would generate 1000 from voxel-vae")
+    assert "policy lcb (kappa 1.0), objective minimise formation_energy_per_atom" in out
+    assert "stop after 50 DFT calculations" in out
+    assert not empty_home.exists()
+
+
+def test_the_demo_says_what_it_would_do(empty_home, monkeypatch):
+    monkeypatch.chdir(DEMO.parent.parent)  # known_sources are relative to the checkout
+    result = runner.invoke(app, ["check", str(DEMO)])
+    out = words(result.output)
+    assert result.exit_code == 0, out
+    assert "generate 40 from fingerprint (fpcvae-" in out
+    assert "[-inf, -1.52] eV/atom on Materials Project PBE formation energy" in out
+    assert "not one of 7,725 known crystals" in out
+    assert "ecutwfc 84 Ry for Ba-O-Sr-Ti" in out and "symmetrized within 0.1 A" in out
+    assert not empty_home.exists()
+
+
+def _variant(tmp_path: Path, change) -> Path:
+    config = yaml.safe_load(DEMO.read_text())
+    config["filters"]["known_sources"] = []
+    change(config)
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_an_e_above_hull_objective_checks(empty_home, tmp_path):
+    path = _variant(tmp_path, lambda c: c["objective"].update(property="e_above_hull"))
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "objective minimise e_above_hull" in words(result.output)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda c: c["generators"][0]["options"].update(temperature=2.0), "temperature"),
+        (lambda c: c["dft"].update(kpoint_densty=300), "kpoint_densty"),
+        (lambda c: c["retraining"].update(update_deciles=True), "update_deciles"),
+        (lambda c: c["generators"][0].update(condition_property="band_gap"), "condition_property"),
+        (lambda c: c["objective"].update(property="hardness"), "property"),
+    ],
+)
+def test_a_bad_field_is_one_error_naming_it(empty_home, tmp_path, change, named):
+    result = runner.invoke(app, ["check", str(_variant(tmp_path, change))])
+    out = words(result.output)
+    assert result.exit_code == 2, out
+    assert out.count("error:") == 1 and named in out and "Traceback" not in out, out
+    assert not empty_home.exists()
