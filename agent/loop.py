@@ -149,6 +149,19 @@ class CampaignRunner:
                     or self._out_of_time(started)
                 )
                 if finished:
+                    if self._out_of_time(started):
+                        active = self.store.find_candidates(
+                            self.name, ACTIVE, projection={"_id": 1}
+                        )
+                        self.report(
+                            f"wall-time budget of {self.config.budgets.max_wall_time:.0f} s "
+                            "reached: no new cycles"
+                            + (
+                                f"; waiting for the {len(active)} calculation(s) already running"
+                                if active
+                                else ""
+                            )
+                        )
                     if self.drain(started):
                         self.store.update_campaign(self.name, state="completed")
                         self.report("campaign complete")

@@ -157,3 +157,19 @@ def test_build_as_given_with_nothing_encodable_writes_no_file(tetragonal, tmp_pa
     assert not h5.exists() and not list(h5.parent.glob("*.partial"))
     out = one_error(runner.invoke(app, ["voxel", "build", str(tetragonal), "-o", str(h5)]))
     assert "none of the 1 structure(s) is cubic" in out and not h5.exists()
+
+
+def test_a_spent_wall_time_budget_stops_new_cycles_and_says_so(tmp_path, crystalloop_home):
+    from agent.store import Store
+
+    path = campaign_file(tmp_path, {"al": al_fcc()})
+    config = yaml.safe_load(path.read_text())
+    config["budgets"]["max_wall_time"] = 0.001  # spent before the first cycle can start
+    path.write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["run", str(path)])
+    out = words(result.output)
+    assert result.exit_code == 0, out
+    assert "wall-time budget of 0 s reached: no new cycles" in out
+    with Store.connect() as store:
+        assert store.get_campaign("bad-input")["state"] == "completed"
+        assert store.find_candidates("bad-input") == []  # nothing generated, nothing submitted
