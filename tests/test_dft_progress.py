@@ -80,9 +80,9 @@ def test_scf_calculation_shows_only_scf_iterations(tmp_path):
     assert progress.step_text() == "SCF 4"
 
 
-def test_candidate_and_reference_views_from_the_backend_files(tmp_path):
-    """A candidate's pw.x run is found through the job uuids in its stored flow; a pw.x
-    process in a references folder becomes its own line; nothing runs for a queued one."""
+def local_backend_files(tmp_path, jobs: list[tuple[str, str]], states: dict[str, str]):
+    """The local backend's folders with one stored flow of `jobs` (name, uuid) per candidate
+    of `states` (candidate id -> backend state); returns (root, runs)."""
     import json
 
     from dft.backends import LocalBackend
@@ -92,16 +92,24 @@ def test_candidate_and_reference_views_from_the_backend_files(tmp_path):
         (root / sub).mkdir(parents=True)
     flow = {
         "@class": "Flow",
-        "jobs": [
-            {"@class": "Job", "name": "qe relax", "uuid": "u-relax", "index": 1},
-            {"@class": "Job", "name": "formation energy", "uuid": "u-form", "index": 1},
-        ],
+        "jobs": [{"@class": "Job", "name": n, "uuid": u, "index": 1} for n, u in jobs],
     }
-    for cid, state in (("cand-running", "running"), ("cand-queued", "queued")):
+    for cid, state in states.items():
         key = LocalBackend.key(cid)
         (root / "flows" / f"{key}.json").write_text(json.dumps(flow))
         record = {"candidate_id": cid, "key": key, "state": state, "started_at": time.time()}
         (root / "submissions" / f"{key}.json").write_text(json.dumps(record))
+    return root, runs
+
+
+def test_candidate_and_reference_views_from_the_backend_files(tmp_path):
+    """A candidate's pw.x run is found through the job uuids in its stored flow; a pw.x
+    process in a references folder becomes its own line; nothing runs for a queued one."""
+    root, runs = local_backend_files(
+        tmp_path,
+        [("qe relax", "u-relax"), ("formation energy", "u-form")],
+        {"cand-running": "running", "cand-queued": "queued"},
+    )
     text = "\n".join(RECORDED.read_text().split("\n")[:300]) + "\n"
     relax = _attempt(runs / "qe_relax-u-relax-1", text).parent
     ref = _attempt(runs / "references" / "O-abc123", text).parent
@@ -123,24 +131,9 @@ def test_candidate_and_reference_views_from_the_backend_files(tmp_path):
 def test_a_candidate_is_in_chgnet_until_its_output_is_stored(tmp_path):
     """Jobs of a flow that run no pw.x of their own: CHGNet until the worker's store holds
     its output, then (the relaxation not started yet) the references the worker runs first."""
-    import json
-
-    from dft.backends import LocalBackend
-
-    root, runs = tmp_path / "local", tmp_path / "runs"
-    for sub in ("submissions", "flows"):
-        (root / sub).mkdir(parents=True)
-    flow = {
-        "@class": "Flow",
-        "jobs": [
-            {"@class": "Job", "name": "chgnet prerelax", "uuid": "u-ff", "index": 1},
-            {"@class": "Job", "name": "qe relax", "uuid": "u-relax", "index": 1},
-        ],
-    }
-    key = LocalBackend.key("cand")
-    (root / "flows" / f"{key}.json").write_text(json.dumps(flow))
-    record = {"candidate_id": "cand", "key": key, "state": "running", "started_at": time.time()}
-    (root / "submissions" / f"{key}.json").write_text(json.dumps(record))
+    root, runs = local_backend_files(
+        tmp_path, [("chgnet prerelax", "u-ff"), ("qe relax", "u-relax")], {"cand": "running"}
+    )
     jobs = LocalJobs(root=root, runs_dir=runs, walltime_s=900, processes=lambda: [])
     assert jobs.views(["cand"])[0].stage == "CHGNet pre-relax"
     (root / "store" / "outputs" / "u-ff").mkdir(parents=True)
