@@ -38,13 +38,18 @@ class GeneratorSlot:
         cfg = self.config
         if cfg.name == "fingerprint":
             from agent.config import FingerprintOptions
-            from generators.fingerprint.sample import SAMPLING_INVERSION, FingerprintGenerator
+            from generators.fingerprint.sample import (
+                FREE_SITES,
+                SAMPLING_INVERSION,
+                FingerprintGenerator,
+            )
             from generators.fingerprint.settings import InversionSettings
 
             opts = FingerprintOptions.model_validate(cfg.options)
             inversion = InversionSettings(
                 **SAMPLING_INVERSION
                 | {"trials": opts.trials, "hops": opts.hops, "steps_per_hop": opts.steps_per_hop}
+                | (FREE_SITES if opts.refine_sites else {})
             )
             try:
                 return FingerprintGenerator.load(

@@ -88,7 +88,9 @@ class InversionSettings(BaseSettings):
     trials: int = Field(32, ge=1, le=4096, description="structures optimised per target at once")
     hops: int = Field(12, ge=1, description="basin-hopping hops (local optimisations)")
     steps_per_hop: int = Field(40, ge=1, description="Adam steps per local optimisation")
-    lr_position: float = Field(0.02, gt=0, description="Adam step on fractional coordinates")
+    lr_position: float = Field(
+        0.02, ge=0, description="Adam step on fractional coordinates; 0 keeps the start's sites"
+    )
     lr_lattice: float = Field(0.01, gt=0, description="Adam step on log(lattice length)")
     kick: float = Field(0.12, ge=0, description="random fractional displacement per hop")
     kick_lattice: float = Field(0.03, ge=0, description="sigma of the log-lattice kick per hop")
