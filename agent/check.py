@@ -96,6 +96,7 @@ def describe(config: CampaignConfig, components: Any) -> list[str]:
         f"  relax with pw.x {dft.calculation} ({dft.backend} backend, {dft.max_concurrent} at "
         f"once, {dft.max_seconds:.0f} s per job): {dft.pseudo_family}, ecutwfc {ecut}, "
         f"{dft.kpoint_density:g} k-points per reciprocal atom"
+        + f", {dft.convergence} thresholds"
         + (", CHGNet pre-relaxation" if dft.chgnet_prerelax else "")
         + (f", symmetrized within {dft.symprec} A" if dft.symprec else "")
     )

@@ -395,6 +395,7 @@ class Components:
             candidate_id=candidate_id,
             prerelax=self.config.dft.chgnet_prerelax,
             settings_overrides=self.config.dft.settings_overrides(),
+            input_overrides=self.config.dft.input_overrides(),
             calculation=self.config.dft.calculation,
             symprec=self.config.dft.symprec,
         )

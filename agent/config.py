@@ -230,6 +230,12 @@ class DFTConfig(_Section):
     chgnet_prerelax: bool = True
     max_seconds: float = Field(7200.0, gt=0, description="wall-time limit per pw.x job")
     calculation: Literal["vc-relax", "relax", "scf"] = "vc-relax"
+    convergence: Literal["tight", "screening"] = Field(
+        "tight",
+        description="relaxation thresholds: tight = forces 1e-3 Ry/bohr (0.026 eV/A), pressure "
+        "0.5 kbar, SCF 1e-8 Ry; screening = 2e-3 Ry/bohr (0.05 eV/A, Materials Project's), 2 kbar, "
+        "1e-7 Ry: fewer ionic and SCF steps, formation energies within a few meV/atom",
+    )
     symprec: float | None = Field(
         0.1,
         gt=0,
@@ -244,6 +250,12 @@ class DFTConfig(_Section):
         if value != "auto" and not 5 < float(value) <= 400:
             raise ValueError("ecutwfc must be 'auto' or a cutoff in Ry in (5, 400]")
         return value
+
+    def input_overrides(self) -> dict[str, Any]:
+        """The pw.x thresholds of `convergence` (``dft.inputs.PWInput`` fields)."""
+        if self.convergence == "screening":
+            return {"forc_conv_thr": 2e-3, "press_conv_thr": 2.0, "conv_thr": 1e-7}
+        return {}
 
     def settings_overrides(self) -> dict[str, Any]:
         """The matching ``dft.settings.DFTSettings`` fields, for ``DFTSettings(**...)``."""

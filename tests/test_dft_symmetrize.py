@@ -43,3 +43,18 @@ def test_the_flow_symmetrizes_between_chgnet_and_pw_x():
     assert names.index("chgnet prerelax") < names.index("symmetrize") < names.index("qe relax")
     off = relax_candidate(perovskite(0.0), check_pseudos=False, symprec=None)
     assert "symmetrize" not in [j.name for j in off.jobs]
+
+
+def test_screening_thresholds_reach_the_relaxation_and_its_references():
+    from agent.components import Components
+    from agent.config import CampaignConfig
+
+    config = CampaignConfig.model_validate(
+        {"name": "screen", "dft": {"convergence": "screening", "chgnet_prerelax": False}}
+    )
+    flow = Components(config).flow(perovskite(0.0), "cand")
+    (relax,) = [j for j in flow.jobs if j.name == "qe relax"]
+    maker = relax.function.__self__
+    assert maker.input_overrides == {"forc_conv_thr": 2e-3, "press_conv_thr": 2.0, "conv_thr": 1e-7}
+    (ref_o,) = [j for j in flow.jobs if j.name == "reference O"]
+    assert ref_o.function_args[1]["conv_thr"] == 1e-7  # the references share the SCF threshold
