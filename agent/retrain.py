@@ -127,13 +127,17 @@ def holdout_split(n: int, fraction: float, key: str) -> tuple[np.ndarray, np.nda
 
 
 def dft_training_set(store: Store, campaign: str) -> tuple[list, dict[str, np.ndarray], list[str]]:
+    """The campaign's relaxed crystals with the one target DFT measures on the surrogate's own
+    scale: the formation energy (MP2020-corrected PBE, like the Materials Project data the
+    head learnt). pw.x total energies per atom are not trained: they depend on the
+    pseudopotentials and sit hundreds of eV/atom from the energy head's Materials Project
+    scale, so fitting them would break that head while the gate looks elsewhere."""
     calcs = store.find_calculations(campaign, "completed", sort=[("_id", 1)])
     from pymatgen.core import Structure
 
     structures = [Structure.from_dict(c["structure"]) for c in calcs]
     targets = {
         "formation_energy_per_atom": np.array([c["formation_energy_per_atom"] for c in calcs]),
-        "energy_per_atom": np.array([c.get("energy_per_atom", np.nan) for c in calcs], float),
     }
     return structures, targets, [c["_id"] for c in calcs]
 

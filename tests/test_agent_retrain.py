@@ -82,3 +82,26 @@ def test_gate_refuses_a_worse_model_and_keeps_the_deployed_one(store_with_result
     assert (model_doc or {}).get("version") == ("ft-sane" if sane["deployed"] else None)
     prediction = model.predict([Store.structure_of(calcs[0])])
     assert np.isfinite(prediction["formation_energy_per_atom"][0][0])
+
+
+def test_fine_tuning_leaves_the_energy_head_alone(store_with_results):
+    """pw.x total energies (here -800 eV/atom, a pseudopotential-dependent number) are not on
+    the energy head's Materials Project scale: a fine-tune must not train that head on them."""
+    import io
+
+    import torch
+
+    from policies.surrogate import Surrogate, load_default
+
+    store, config = store_with_results
+    calcs = store.find_calculations(config.name, sort=[("_id", 1)])
+    for c in calcs:
+        store.save_calculation(c["candidate_id"], config.name, c["_id"], energy_per_atom=-800.0)
+    retrain(store, config.name, "ft-energy")
+    (doc,) = [m for m in store.list_models(config.name) if m["version"] == "ft-energy"]
+    state = torch.load(io.BytesIO(store.get_model_weights(doc["weights_id"])), weights_only=True)
+    structures = [Store.structure_of(c) for c in calcs[:4]]
+    before = load_default().predict(structures, properties=["energy_per_atom"])
+    after = Surrogate.from_state(state).predict(structures, properties=["energy_per_atom"])
+    np.testing.assert_allclose(after["energy_per_atom"][0], before["energy_per_atom"][0])
+    assert np.all(after["energy_per_atom"][0] > -20)  # still eV/atom on MP's scale
