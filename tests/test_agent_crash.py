@@ -77,7 +77,12 @@ def campaign(tmp_path: Path, crystalloop_home: Path, monkeypatch) -> tuple[Path,
             "batch_duplicates": True,
             "property_window": None,
         },
-        "acquisition": {"policy": "greedy", "params": {}, "diversity": False},
+        "acquisition": {
+            "policy": "greedy",
+            "params": {},
+            "diversity": False,
+            "one_per_formula": False,  # the cells are Al and Si polymorphs, on purpose
+        },
         "batch_size": 2,
         "dft": {
             "backend": "local",
