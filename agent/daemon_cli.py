@@ -113,7 +113,7 @@ def _print_summary(summary: dict) -> None:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         console.print(
             f"retraining {m['version']}: {m['state']} - CGCNN fine-tuned on "
-            f"{m['training_size']} DFT results, hold-out of {m['holdout_size']}: formation "
+            f"{m['training_size']} DFT result(s), hold-out of {m['holdout_size']}: formation "
             f"energy MAE {fmt(m['old_mae'])} (before) -> {fmt(m['new_mae'])} eV/atom (after)"
         )
     if not summary.get("retraining"):
@@ -122,7 +122,9 @@ def _print_summary(summary: dict) -> None:
         checked = any(b.get("novelty") for b in summary["best"])
         table = Table(
             title="DFT results, best first (eV/atom)",
-            caption="E_f: formation energy, pw.x PBE vs this campaign's elemental references"
+            caption="E_f: formation energy, pw.x PBE against elemental references at the same "
+            "settings + MP2020 anion correction (Materials Project's scale); E_hull: against "
+            "this campaign's own results and the elements only"
             + ("; known: matches a crystal of filters.known_sources" if checked else ""),
         )
         columns = ["formula", "generator", "E_f DFT", "E_f pred.", "E_hull"]

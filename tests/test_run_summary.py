@@ -63,7 +63,7 @@ def test_summary_names_generator_novelty_and_retraining_in_80_columns(monkeypatc
         ["TiO2", "dataset", "-1.000", "-0.900", "0.031", "known mp-2657"],
     ]
     assert (
-        "retraining v1: rejected - CGCNN fine-tuned on 3 DFT results, hold-out of 1: "
+        "retraining v1: rejected - CGCNN fine-tuned on 3 DFT result(s), hold-out of 1: "
         "formation energy MAE 0.412 (before) -> 0.538 eV/atom (after)"
     ) in " ".join(text.split())
 
