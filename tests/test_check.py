@@ -18,15 +18,20 @@ def words(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.fixture()
-def empty_home(tmp_path, monkeypatch, crystalloop_home) -> Path:
-    """A CRYSTALLOOP_HOME that does not exist yet (pseudopotentials from the installed set)."""
+@pytest.fixture(scope="session")
+def installed_pseudos() -> Path:
+    """The user's installed PseudoDojo family, resolved before a test moves CRYSTALLOOP_HOME
+    (`make test` installs it first, so this is a no-op there)."""
     from dft.pseudos import install
     from dft.settings import DFTSettings
 
-    monkeypatch.setenv(
-        "CRYSTALLOOP_DFT_PSEUDO_DIR", str(install("pseudodojo-pbe-standard", DFTSettings()))
-    )
+    return install("pseudodojo-pbe-standard", DFTSettings())
+
+
+@pytest.fixture()
+def empty_home(tmp_path, monkeypatch, installed_pseudos, crystalloop_home) -> Path:
+    """A CRYSTALLOOP_HOME that does not exist yet (pseudopotentials from the installed set)."""
+    monkeypatch.setenv("CRYSTALLOOP_DFT_PSEUDO_DIR", str(installed_pseudos))
     home = tmp_path / "never-written"
     monkeypatch.setenv("CRYSTALLOOP_HOME", str(home))
     return home
