@@ -18,12 +18,14 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Debian's Quantum ESPRESSO (pw.x 6.7) and OpenBLAS (1.55x faster than reference BLAS).
+# Debian's Quantum ESPRESSO (pw.x 6.7) and OpenBLAS (1.55x faster than reference BLAS);
+# Chromium and its driver for the dashboard's browser tests.
 qe:
-	@command -v pw.x >/dev/null && dpkg -s libopenblas0-pthread >/dev/null 2>&1 || { \
+	@command -v pw.x >/dev/null && dpkg -s libopenblas0-pthread >/dev/null 2>&1 && \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    quantum-espresso libopenblas0-pthread openmpi-bin >/dev/null; }
+	    quantum-espresso libopenblas0-pthread openmpi-bin chromium chromium-driver >/dev/null; }
 	@echo "pw.x: $$(command -v pw.x)"
 
 pseudos: install

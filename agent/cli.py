@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from agent import check, daemon_cli, store_cli
+from agent.dashboard import cli as dashboard_cli
 from dft import cli as dft_cli
 from generators.data import cli as data_cli
 from generators.voxel import cli as voxel_cli
@@ -32,6 +33,7 @@ for component in (
     voxel_commands,
     policies_cli,
     dft_cli,
+    dashboard_cli,
 ):
     component.register(app)
 
