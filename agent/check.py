@@ -110,8 +110,14 @@ def describe(config: CampaignConfig, components: Any) -> list[str]:
     lines.append(f"  stop after {' or '.join(stops)}")
     r = config.retraining
     lines.append(
-        f"  fine-tune the surrogate every {r.every_n_results} DFT results "
-        f"(hold-out {r.holdout_fraction:.0%}, deployed only if not worse)"
+        f"  fine-tune the surrogate every {r.every_n_results} DFT results"
+        + (
+            f" + {r.replay_size} replayed from {r.replay_source}; deploy only if its "
+            f"{r.folds}-fold CV MAE is not worse and its MAE on {r.anchor_size} held-out "
+            f"{r.replay_source} crystals rises < {r.anchor_tolerance} eV/atom"
+            if r.replay_source
+            else f"; deploy only if its {r.folds}-fold CV MAE is not worse"
+        )
         if r.enabled
         else "  never retrain"
     )

@@ -276,14 +276,54 @@ class Budgets(_Section):
 
 
 class Retraining(_Section):
-    """Fine-tune the surrogate every N new DFT results; deploy only if not worse on hold-out."""
+    """Fine-tune the surrogate every N new DFT results, with replay of its own training data,
+    and deploy only what passes the gate of ``policies.finetune``: per fine-tuned head, the
+    campaign's k-fold cross-validated MAE not worse than the deployed model's and the MAE on a
+    fixed anchor slice (rows the shipped model held out) not risen beyond a tolerance."""
 
     enabled: bool = True
     every_n_results: int = Field(20, ge=1)
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    folds: int = Field(5, ge=2, le=20, description="k of the campaign results' k-fold CV")
+    epochs: int = Field(10, ge=1, le=200, description="fine-tuning epochs")
     min_improvement: float = Field(
-        0.0, ge=0, description="required drop of hold-out MAE; 0 = not-worse gate"
+        0.0, ge=0, description="eV/atom the campaign CV MAE must drop by; 0 = not-worse gate"
     )
+    replay_source: str | None = Field(
+        "matminer:flla_2015",
+        description="the data the surrogate's formation-energy head learnt (Materials Project "
+        "scale; `crystalloop data fetch` brings it): replay and anchor rows come from it, "
+        "split as the shipped model was; null = fine-tune on campaign results alone, gate on "
+        "CV alone",
+    )
+    replay_size: int = Field(
+        200, ge=0, description="original crystals mixed into every fine-tune (0 = no replay)"
+    )
+    anchor_size: int = Field(
+        200, ge=0, description="held-out original crystals every version is judged on (0 = none)"
+    )
+    anchor_tolerance: float = Field(
+        0.01, ge=0, description="eV/atom the anchor MAE may rise by before a version is refused"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "holdout_fraction" in data:
+            raise ValueError(
+                "retraining.holdout_fraction is gone: the campaign's results are judged by "
+                "k-fold cross-validation (retraining.folds) plus a fixed anchor slice"
+            )
+        return data
+
+    def gate_settings(self) -> Any:
+        from policies.finetune import GateSettings
+
+        return GateSettings(
+            folds=self.folds,
+            epochs=self.epochs,
+            min_improvement=self.min_improvement,
+            anchor_tolerance=self.anchor_tolerance,
+        )
 
 
 class Stopping(_Section):

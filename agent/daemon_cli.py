@@ -110,12 +110,8 @@ def _print_summary(summary: dict) -> None:
         f" candidates: {counts}; surrogate: {summary['model'] or 'shipped default'}"
     )
     for m in summary.get("retraining") or []:
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        console.print(
-            f"retraining {m['version']}: {m['state']} - CGCNN fine-tuned on "
-            f"{m['training_size']} DFT result(s), hold-out of {m['holdout_size']}: formation "
-            f"energy MAE {fmt(m['old_mae'])} (before) -> {fmt(m['new_mae'])} eV/atom (after)"
-        )
+        for line in m["lines"]:
+            console.print(line, highlight=False)
     if not summary.get("retraining"):
         console.print("retraining: none ran (too few DFT results or retraining disabled)")
     if summary["best"]:
@@ -181,6 +177,7 @@ def retrain(
     database: str | None = typer.Option(None, help="database name"),
 ) -> None:
     """Fine-tune the campaign's surrogate on its DFT results now (validation-gated)."""
+    from agent.retrain import describe
     from agent.retrain import retrain as do_retrain
     from agent.store import Store
 
@@ -189,22 +186,15 @@ def retrain(
         if n < 2:
             console.print(f"[red]error:[/red] campaign {campaign!r} has {n} DFT results; need >= 2")
             raise typer.Exit(1)
-        with console.status(f"fine-tuning on {n} DFT results ..."):
-            version = f"manual-{n:05d}"
-            store.register_model(
-                campaign,
-                version,
-                kind="surrogate",
-                training_size=n,
-                holdout_metrics={},
-                state="training",
-            )
-            result = do_retrain(store, campaign, version)
-    verdict = "deployed" if result["deployed"] else "kept the current model (new one is worse)"
-    console.print(
-        f"{result['version']}: hold-out MAE old {result['old'].get('mae')} -> new "
-        f"{result['new'].get('mae')} eV/atom: {verdict}"
-    )
+        version = f"manual-{n:05d}"
+        store.register_model(
+            campaign, version, kind="surrogate", training_size=n, holdout_metrics={},
+            state="training",
+        )  # fmt: skip
+        with console.status(f"fine-tuning on {n} DFT results ...") as status:
+            do_retrain(store, campaign, version, progress=status.update)
+        for line in describe(store.get_model(f"{campaign}:surrogate:{version}") or {}):
+            console.print(line, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

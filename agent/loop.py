@@ -21,7 +21,7 @@ from agent.components import Components
 from agent.config import CampaignConfig
 from agent.faults import checkpoint
 from agent.hull import update_hull
-from agent.retrain import RetrainManager
+from agent.retrain import RetrainManager, describe
 from agent.store import Store
 
 PHASES = ("generate", "screen", "select", "submit", "done")
@@ -448,10 +448,8 @@ class CampaignRunner:
                 {
                     "version": m.get("version"),
                     "state": m.get("state"),
-                    "training_size": m.get("training_size"),
-                    "holdout_size": len(m.get("holdout_ids") or []),
-                    "old_mae": (m.get("holdout_metrics") or {}).get("old_mae"),
-                    "new_mae": (m.get("holdout_metrics") or {}).get("new_mae"),
+                    "heads": m.get("holdout_metrics") or {},
+                    "lines": describe(m),
                 }
                 for m in self.store.list_models(self.name, "surrogate")
             ],

@@ -3,8 +3,9 @@
 Retraining runs in its own process (`python -m agent.retrain`) so that the daemon keeps
 harvesting finished calculations meanwhile, and so that a daemon killed mid-training leaves a
 model document in state 'training' with a pid: on restart a dead trainer is started again
-under the same version, a live one is waited for. A new version is deployed only if its
-hold-out error is not worse than the deployed model's on the same hold-out.
+under the same version, a live one is waited for. What is trained and how it is judged is
+`policies.finetune`: replay of the original data, k-fold CV on the campaign's results and a
+fixed anchor slice, a verdict per head; a version is deployed only when every head passed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import io
 import subprocess
 import sys
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -22,18 +22,9 @@ import numpy as np
 from agent.config import CampaignConfig
 from agent.store import Store, crystalloop_home
 from agent.store.lock import pid_alive
+from policies.finetune import Labelled
 
 KIND = "surrogate"
-
-
-def gate(old_mae: float | None, new_mae: float, min_improvement: float = 0.0) -> bool:
-    """Deploy the new model only if it is not worse (by `min_improvement` eV/atom) than the old
-    on the same hold-out. No old figure (first version): deploy when the new one is finite."""
-    if not np.isfinite(new_mae):
-        return False
-    if old_mae is None or not np.isfinite(old_mae):
-        return True
-    return new_mae <= old_mae - min_improvement
 
 
 class RetrainManager:
@@ -102,13 +93,8 @@ class RetrainManager:
             return
         self._process = None
         doc = self.store.get_model(f"{self.name}:{KIND}:{self._version}") or {}
-        m = doc.get("holdout_metrics") or {}
-        verdict = {"deployed": "deployed", "rejected": "refused by the validation gate"}
-        self.report(
-            f"retrained {self._version}: {verdict.get(doc.get('state'), doc.get('state'))} "
-            f"(hold-out MAE {m.get('old_mae', float('nan')):.3f} -> "
-            f"{m.get('new_mae', float('nan')):.3f} eV/atom)"
-        )
+        for line in describe(doc):
+            self.report(line)
 
     def recover(self) -> None:
         """Restart trainers that died with a previous daemon (same version, from scratch)."""
@@ -118,15 +104,7 @@ class RetrainManager:
                 self.start(doc["version"], int(doc.get("training_size", 0)))
 
 
-def holdout_split(n: int, fraction: float, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(hold-out, train) indices; reproducible from `key` so a restarted trainer agrees."""
-    rng = np.random.default_rng(zlib.crc32(key.encode()))
-    n_hold = min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
-    order = rng.permutation(n)
-    return order[:n_hold], order[n_hold:]
-
-
-def dft_training_set(store: Store, campaign: str) -> tuple[list, dict[str, np.ndarray], list[str]]:
+def dft_training_set(store: Store, campaign: str) -> Labelled:
     """The campaign's relaxed crystals with the one target DFT measures on the surrogate's own
     scale: the formation energy (MP2020-corrected PBE, like the Materials Project data the
     head learnt). pw.x total energies per atom are not trained: they depend on the
@@ -135,11 +113,11 @@ def dft_training_set(store: Store, campaign: str) -> tuple[list, dict[str, np.nd
     calcs = store.find_calculations(campaign, "completed", sort=[("_id", 1)])
     from pymatgen.core import Structure
 
-    structures = [Structure.from_dict(c["structure"]) for c in calcs]
-    targets = {
-        "formation_energy_per_atom": np.array([c["formation_energy_per_atom"] for c in calcs]),
-    }
-    return structures, targets, [c["_id"] for c in calcs]
+    return Labelled(
+        [Structure.from_dict(c["structure"]) for c in calcs],
+        {"formation_energy_per_atom": np.array([c["formation_energy_per_atom"] for c in calcs])},
+        [c["_id"] for c in calcs],
+    )
 
 
 def load_deployed(store: Store, campaign: str) -> tuple[Any, dict | None]:
@@ -157,56 +135,103 @@ def load_deployed(store: Store, campaign: str) -> tuple[Any, dict | None]:
     return load_default(), None
 
 
-def retrain(store: Store, campaign: str, version: str) -> dict[str, Any]:
-    """Fine-tune on all DFT results but a hold-out, gate against the deployed model, record."""
+def retrain(
+    store: Store, campaign: str, version: str, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Fine-tune on every DFT result + replay, judge each head (`policies.finetune`), record
+    both versions' figures and the verdict, deploy when every head passed."""
     import torch
+
+    from policies.finetune import gated_fine_tune, original_slices
 
     doc = store.get_campaign(campaign)
     if doc is None:
         raise KeyError(f"no campaign {campaign!r}")
-    config = CampaignConfig.model_validate(doc["config"])
-    cfg = config.retraining
-    structures, targets, ids = dft_training_set(store, campaign)
-    n = len(structures)
-    hold, train = holdout_split(n, cfg.holdout_fraction, f"{campaign}:{version}")
-    n_hold = len(hold)
-    key = "formation_energy_per_atom"
-
+    cfg = CampaignConfig.model_validate(doc["config"]).retraining
+    data = dft_training_set(store, campaign)
+    heads = list(data.targets)
+    key = f"{campaign}:{version}"
+    replay = anchor = None
+    if cfg.replay_source and (cfg.replay_size or cfg.anchor_size):
+        replay, anchor = original_slices(
+            cfg.replay_source, heads, cfg.replay_size, cfg.anchor_size, key
+        )
     old, old_doc = load_deployed(store, campaign)
-    new = old.copy()
-    if len(train) >= 2:
-        new.fine_tune([structures[i] for i in train], {k: v[train] for k, v in targets.items()})
-    hold_structures = [structures[i] for i in hold]
-    hold_targets = {key: targets[key][hold]}
-    old_metrics = old.evaluate(hold_structures, hold_targets)[key] if n_hold else {}
-    new_metrics = new.evaluate(hold_structures, hold_targets)[key] if n_hold else {}
-    deploy = gate(old_metrics.get("mae"), new_metrics.get("mae", float("nan")), cfg.min_improvement)
+    new, verdicts = gated_fine_tune(
+        old, data, cfg.gate_settings(), replay, anchor, key=key, progress=progress
+    )
+    deploy = all(v.passed for v in verdicts.values())
 
     buffer = io.BytesIO()
     torch.save(new.state(), buffer)
     weights_id = store.put_model_weights(buffer.getvalue(), filename=f"{version}.pt")
+    n_replay, n_anchor = len(replay or []), len(anchor or [])
     store.register_model(
         campaign,
         version,
         kind=KIND,
-        training_size=len(train),
-        holdout_metrics={f"new_{k}": v for k, v in new_metrics.items()}
-        | {f"old_{k}": v for k, v in old_metrics.items()},
+        training_size=len(data) + n_replay,
+        holdout_metrics={h: v.to_dict() for h, v in verdicts.items()},
         weights_id=weights_id,
         deployed=deploy,
         state="deployed" if deploy else "rejected",
         previous=(old_doc or {}).get("version", "shipped-default"),
-        holdout_ids=[ids[i] for i in hold],
+        campaign_results=len(data),
+        replay={"source": cfg.replay_source, "n": n_replay},
+        anchor={
+            "source": cfg.replay_source,
+            "n": n_anchor,
+            "ids": list(anchor.ids) if anchor else [],
+        },
+        folds=min(cfg.folds, len(data)),
     )
     store.log_event(
         campaign,
         "retrain_finished",
         version=version,
         deployed=deploy,
-        old_mae=old_metrics.get("mae"),
-        new_mae=new_metrics.get("mae"),
+        heads={h: {"passed": v.passed, "reason": v.reason} for h, v in verdicts.items()},
     )
-    return {"version": version, "deployed": deploy, "old": old_metrics, "new": new_metrics}
+    return {
+        "version": version,
+        "deployed": deploy,
+        "heads": {h: v.to_dict() for h, v in verdicts.items()},
+        "campaign_results": len(data),
+        "replay": n_replay,
+        "anchor": n_anchor,
+    }
+
+
+def describe(doc: dict) -> list[str]:
+    """A model document's retraining outcome as lines a user reads: the verdict, then per
+    head both versions' campaign CV and anchor MAEs and the reason."""
+    if not doc:
+        return []
+    state = doc.get("state")
+    verdict = {"deployed": "deployed", "rejected": "refused by the gate"}.get(state, state)
+    n = doc.get("campaign_results", doc.get("training_size"))
+    replay = (doc.get("replay") or {}).get("n", 0)
+    lines = [
+        f"retrained {doc.get('version')}: {verdict} (fine-tuned on {n} DFT result(s) + "
+        f"{replay} replayed; {doc.get('folds', '-')}-fold CV)"
+    ]
+    fmt = lambda m: "n/a" if not m or m.get("mae") is None else f"{m['mae']:.3f}"  # noqa: E731
+    for head, v in (doc.get("holdout_metrics") or {}).items():
+        if not isinstance(v, dict) or "campaign_new" not in v:
+            continue
+        anchor = (
+            f"; anchor ({v['anchor_old'].get('n', 0)}) {fmt(v['anchor_old'])} -> "
+            f"{fmt(v['anchor_new'])}"
+            if v.get("anchor_old")
+            else ""
+        )
+        lines.append(
+            f"  {head}: campaign CV MAE {fmt(v['campaign_old'])} (deployed) -> "
+            f"{fmt(v['campaign_new'])} (new){anchor} eV/atom: {v.get('reason', '')}"
+        )
+    if doc.get("error"):
+        lines.append(f"  failed: {doc['error']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,14 @@ class PolicySettings(BaseSettings):
     head_steps: int = Field(600, ge=1, description="optimiser steps for transfer-learned heads")
     batch_size: int = Field(64, ge=2)
     learning_rate: float = Field(2e-3, gt=0)
-    fine_tune_learning_rate: float = Field(5e-4, gt=0)
+    fine_tune_learning_rate: float = Field(
+        1e-2,
+        gt=0,
+        description="SGD (momentum 0.9) step of a fine-tune. Not Adam: Adam's first steps move "
+        "every weight by about its learning rate whatever the gradient, and a fine-tune is only "
+        "a few dozen steps - measured on 24 held-out Materials Project crystals + 48 replayed, "
+        "AdamW 5e-4 raised the anchor MAE 0.074 -> 0.106 eV/atom, SGD 1e-2 by 0.004",
+    )
     seed: int = 0
     torch_threads: int | None = Field(
         1,

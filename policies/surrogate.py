@@ -136,6 +136,7 @@ def _train_full(
     rng: np.random.Generator,
     validation: tuple[GraphBatch, np.ndarray] | None = None,
     keep_start: bool = False,
+    sgd: bool = False,
 ) -> list[float]:
     """Fine-tune a whole CGCNN (Huber loss on scaled targets, AdamW, cosine decay).
 
@@ -158,7 +159,11 @@ def _train_full(
     best = None
     if use_val:
         best = (val_mae() if keep_start else np.inf, copy.deepcopy(model.state_dict()))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
+    optimiser = (
+        torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        if sgd
+        else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
+    )
     steps_per_epoch = max(1, int(np.ceil(n / batch_size)))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs * steps_per_epoch)
     target = torch.as_tensor(y, dtype=torch.float32)
@@ -304,6 +309,7 @@ class Surrogate:
         rescale: bool = True,
         graphs: GraphBatch | None = None,
         progress: Callable[[str], None] | None = None,
+        sgd: bool = False,
     ) -> FitReport:
         """Train on labelled structures. `targets[prop]` is aligned with `structures` in property
         units (GPa for moduli); NaN marks a missing label. Members differ by seed, by their
@@ -362,6 +368,7 @@ class Surrogate:
                         if len(out_of_bag) >= 2
                         else None,
                         keep_start=s.keep_start,
+                        sgd=sgd,
                     )
                 else:
                     losses = _train_head(
@@ -389,15 +396,19 @@ class Surrogate:
         targets: Mapping[str, Sequence[float] | np.ndarray],
         *,
         epochs: int = 10,
+        graphs: GraphBatch | None = None,
     ) -> FitReport:
         """Update on new DFT results with a small learning rate, keeping the scalers (the agent's
-        retraining step). Pass old and new data together to avoid forgetting."""
+        retraining step). Pass old and new data together to avoid forgetting
+        (`policies.finetune` does: replay, cross-validation and an anchor)."""
         return self.fit(
             structures,
             targets,
             epochs=epochs,
             learning_rate=self.settings.fine_tune_learning_rate,
             rescale=False,
+            graphs=graphs,
+            sgd=True,
         )
 
     # ---------------------------------------------------------------- inference

@@ -61,8 +61,8 @@ def test_defaults_fill_a_minimal_file(tmp_path):
         ({"name": "bad name!"}, ["name"]),
         ({"batch_size": 2}, ["name: Field required"]),
         (
-            {"name": "x", "batch_size": 0, "seed": "abc", "retraining": {"holdout_fraction": 1.5}},
-            ["batch_size", "seed", "retraining.holdout_fraction"],
+            {"name": "x", "batch_size": 0, "seed": "abc", "retraining": {"folds": 1}},
+            ["batch_size", "seed", "retraining.folds"],
         ),
     ],
 )
