@@ -59,6 +59,7 @@ class GeneratorSlot:
                     composition_temperature=opts.composition_temperature,
                     warm_start=opts.warm_start,
                     max_sites=opts.max_sites,
+                    avoid_training_formulas=opts.avoid_training_formulas,
                 )
             except (FileNotFoundError, ValueError) as exc:
                 raise ComponentError(f"generator 'fingerprint': {exc}") from exc

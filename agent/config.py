@@ -93,6 +93,11 @@ class FingerprintOptions(_Section):
         description="fit the sites to the decoded fingerprint too, not only the lattice "
         "(measured: it distorts them; COV-P 0.04 instead of 0.45)",
     )
+    avoid_training_formulas: bool = Field(
+        True,
+        description="redraw a composition whose reduced formula is a training crystal's (on "
+        "its template it would re-make that crystal); false lets known formulas through",
+    )
     trials: int = Field(1, ge=1, le=64, description="inversion trials per sample")
     hops: int = Field(1, ge=1, le=50, description="basin-hopping hops per sample")
     steps_per_hop: int = Field(25, ge=1, le=1000, description="Adam steps per hop")

@@ -186,6 +186,40 @@ def test_element_set_keeps_samples_inside_the_chemical_space(tiny_checkpoint):
         FingerprintGenerator.load(tiny_checkpoint, max_sites=99)
 
 
+def test_samples_do_not_remake_training_formulas(tiny_checkpoint, small_csv):
+    """A sample keeps the sites of its nearest training crystal: drawn with a training
+    crystal's formula it would be that crystal again. Such draws are redrawn and counted."""
+    import pandas as pd
+
+    from generators.fingerprint.sample import FingerprintGenerator
+    from generators.fingerprint.train import load
+
+    state = load(tiny_checkpoint)
+    listed = state["templates"]["formulas"]
+    frame = pd.read_csv(small_csv)
+    assert len(listed) == 27 and set(listed) <= {_reduced(f) for f in frame["formula"]}
+    free = FingerprintGenerator(state, avoid_training_formulas=False)
+    drawn = {c.structure.composition.reduced_formula for c in free.sample_random(30, 0, seed=1)}
+    assert "a training formula" not in free.last_report["composition_rejections"]
+    # the tiny model rarely re-draws its 27 formulas: list what it drew as training formulas
+    common = sorted(drawn)[: max(1, len(drawn) // 2)]
+    state = dict(state, templates=dict(state["templates"], formulas=listed + common))
+    gen = FingerprintGenerator(state)
+    out = gen.sample_random(30, 0, seed=1)
+    assert out and not {c.structure.composition.reduced_formula for c in out} & set(common)
+    assert gen.last_report["composition_rejections"]["a training formula"] >= len(common)
+    old = dict(state, templates={k: v for k, v in state["templates"].items() if k != "formulas"})
+    with pytest.raises(ValueError, match="does not list its training formulas"):
+        FingerprintGenerator(old, avoid_training_formulas=True)
+    assert FingerprintGenerator(old).avoid_training is False  # older checkpoints: off
+
+
+def _reduced(formula: str) -> str:
+    from pymatgen.core import Composition
+
+    return Composition(formula).reduced_formula
+
+
 def test_cli_sample_and_reconstruct(tiny_checkpoint, small_csv, tmp_path):
     from agent.cli import app
 

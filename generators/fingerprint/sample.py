@@ -2,10 +2,12 @@
 
 Every mode (random per decile, around a base compound, interpolation) ends in one batched
 inversion of all its samples, so the daemon gets many candidates per optimisation. A sample's
-composition is drawn slot by slot from the composition heads under three rules that keep it
-describable and plausible: each slot's element is more electronegative than the previous one
-(the slot order the fingerprint was built with), the cell has at most the training maximum of
-sites, and SMACT's charge-neutrality + electronegativity test passes. Draws that fail are
+composition is drawn slot by slot from the composition heads under rules that keep it
+describable, plausible and new: each slot's element is more electronegative than the previous
+one (the slot order the fingerprint was built with), the cell has at most the training maximum
+of sites, SMACT's charge-neutrality + electronegativity test passes, and (where the checkpoint
+lists them) the reduced formula is not one of the training crystals' - a sampler that keeps a
+template's sites would otherwise hand back that training crystal. Draws that fail are
 retried and counted per reason, and a sample with no acceptable draw is dropped and counted.
 """
 
@@ -76,6 +78,7 @@ class FingerprintGenerator:
         warm_start: bool = True,
         max_sites: int | None = None,
         refine_sites: bool = False,
+        avoid_training_formulas: bool | None = None,
     ):
         self.state = state
         self.fp_settings = FingerprintSettings(**state["fingerprint_settings"])
@@ -116,6 +119,14 @@ class FingerprintGenerator:
             raise ValueError(f"max_sites must be in 1..{trained} (the training maximum)")
         self.max_sites = trained if max_sites is None else int(max_sites)
         self.last_report: dict[str, Any] = {}
+        listed = (state.get("templates") or {}).get("formulas")
+        if avoid_training_formulas and listed is None:
+            raise ValueError(
+                "avoid_training_formulas: this checkpoint does not list its training formulas "
+                "(re-finalise it with `crystalloop train fingerprint --resume`)"
+            )
+        self.avoid_training = listed is not None and avoid_training_formulas is not False
+        self.training_formulas = frozenset(listed or ())
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -236,6 +247,9 @@ class FingerprintGenerator:
         comp = Composition({n: c for n, c in zip(names, counts, strict=True)})
         if not composition_valid(comp):
             return "not charge balanced (SMACT)"
+        if self.avoid_training and comp.reduced_formula in self.training_formulas:
+            # on the nearest template of its inventory it would re-make that training crystal
+            return "a training formula"
         return names, counts
 
     def _template(self, z: torch.Tensor, counts: list[int]) -> tuple[np.ndarray, float] | None:
