@@ -395,7 +395,7 @@ class Components:
             structure,
             candidate_id=candidate_id,
             prerelax=self.config.dft.chgnet_prerelax,
-            settings_overrides=self.config.dft.settings_overrides(),
+            settings_overrides=self.config.dft.settings_overrides(self.config.filters.elements),
             input_overrides=self.config.dft.input_overrides(),
             calculation=self.config.dft.calculation,
             symprec=self.config.dft.symprec,

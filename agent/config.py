@@ -262,8 +262,14 @@ class DFTConfig(_Section):
             return {"forc_conv_thr": 2e-3, "press_conv_thr": 2.0, "conv_thr": 1e-7}
         return {}
 
-    def settings_overrides(self) -> dict[str, Any]:
-        """The matching ``dft.settings.DFTSettings`` fields, for ``DFTSettings(**...)``."""
+    def settings_overrides(self, elements: list[str] | None = None) -> dict[str, Any]:
+        """The matching ``dft.settings.DFTSettings`` fields, for ``DFTSettings(**...)``.
+
+        With the campaign's `elements` (filters.elements), ``ecutwfc: auto`` becomes the cutoff
+        of the whole chemical space, not of each compound: every calculation of the campaign
+        then shares one basis, so each elemental reference is computed once (per compound
+        cutoffs computed Ca and Cl twice in a K-Rb-Ca-Cl demo, at 68 and 74 Ry) and all
+        formation energies on the hull come from the same settings."""
         overrides: dict[str, Any] = {
             "pseudo_family": self.pseudo_family,
             "kpoint_density": self.kpoint_density,
@@ -272,6 +278,11 @@ class DFTConfig(_Section):
         }
         if self.ecutwfc != "auto":
             overrides["ecutwfc"] = float(self.ecutwfc)
+        elif elements:
+            from dft.pseudos import recommended_ecutwfc
+            from dft.settings import DFTSettings
+
+            overrides["ecutwfc"] = recommended_ecutwfc(list(elements), DFTSettings(**overrides))
         return overrides
 
 

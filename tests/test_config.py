@@ -86,3 +86,14 @@ def test_unreadable_files_are_one_clear_error(tmp_path, crystalloop_home):
         CampaignConfig.from_yaml(_write(tmp_path, "- just\n- a list\n"))
     # validation never opens the store: nothing was created under CRYSTALLOOP_HOME
     assert list(crystalloop_home.iterdir()) == []
+
+
+def test_auto_cutoff_is_the_chemical_space_s_so_references_are_shared() -> None:
+    """PseudoDojo normal hints (Ha): K 37, Rb 23, Ca 34, Cl 29. Per compound, RbCaCl3 would
+    get 68 Ry and KCaCl3 74 Ry, and Ca and Cl references would be computed twice."""
+    from agent.config import DFTConfig
+
+    dft = DFTConfig()
+    assert dft.settings_overrides(["K", "Rb", "Ca", "Cl"])["ecutwfc"] == 74.0
+    assert "ecutwfc" not in dft.settings_overrides()  # no chemical space: per compound
+    assert DFTConfig(ecutwfc=50).settings_overrides(["K"])["ecutwfc"] == 50.0
