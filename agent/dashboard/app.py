@@ -8,6 +8,7 @@ whole application (read-only methods, the token, security headers).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,27 @@ class Dashboard:
         self.refresh = refresh
         self.replay = replay
         self.digests = Digests()
+
+    def prewarm(self) -> threading.Thread:
+        """Build every campaign's digest in the background: one scan per campaign (seconds
+        at 100,000 candidates), done before the first page needs it."""
+
+        def run() -> None:
+            store = self.source.get()
+            if store is None:
+                return
+            try:
+                for campaign in store.list_campaigns():
+                    prop = self._prop(store, campaign["_id"])
+                    self.digests.get(store, campaign["_id"], prop).fresh()
+            except Exception:  # noqa: BLE001 - a page will build it (and show the error)
+                pass
+            finally:
+                store.close_thread()
+
+        thread = threading.Thread(target=run, name="dashboard-prewarm", daemon=True)
+        thread.start()
+        return thread
 
     # -- plumbing ----------------------------------------------------------------------------
     def _page(self, request: Request, build: Any, api: bool) -> Response:
@@ -180,9 +202,12 @@ def create_app(
     token: str | None = None,
     refresh: float = 5.0,
     replay: Path | None = DEFAULT_REPLAY,
+    prewarm: bool = True,
 ) -> Any:
     """The ASGI application (``token`` None: no token required - loopback only)."""
     dashboard = Dashboard(source or StoreSource(), refresh=refresh, replay=replay)
+    if prewarm:
+        dashboard.prewarm()
     app = Starlette(routes=dashboard.routes())
     app.state.dashboard = dashboard
     guarded = Guard(app, token)

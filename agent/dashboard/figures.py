@@ -168,7 +168,8 @@ def generators_figure(yields: list[dict[str, Any]]) -> dict[str, Any]:
         )
     ]
     layout = _layout("Yield per generator", "generator", "candidates", barmode="group")
-    layout["yaxis"]["type"] = "log"
+    if max((g["candidates"] for g in yields), default=0) > 1000:  # keep small bars visible
+        layout["yaxis"]["type"] = "log"
     return {"data": traces, "layout": layout}
 
 

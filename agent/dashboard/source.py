@@ -65,6 +65,10 @@ class ReadOnlyStore:
 
         return call
 
+    def close_thread(self) -> None:
+        """Release the calling thread's connection (threads that end call it)."""
+        self._store.close_thread()
+
     def close(self) -> None:
         self._store.close()
 

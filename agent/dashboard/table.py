@@ -12,10 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.dashboard.digest import no_gc
 from agent.store import STATUSES
 
 SORTS = {
@@ -28,7 +31,6 @@ SORTS = {
     "sigma": lambda r, d: (r.pred_std is None, r.pred_std),
     "score": lambda r, d: (r.score is None, r.score),
     "dft": lambda r, d: (d.get(r.id) is None, d.get(r.id)),
-    "created": lambda r, d: (r.created_at is None, r.created_at),
 }
 MAX_PER_PAGE = 200
 
@@ -111,11 +113,57 @@ def select(rows: dict, dft: dict[str, dict], q: Query, prop: str) -> list[Any]:
     ]
     values = {cid: c.get(prop) for cid, c in dft.items() if isinstance(c.get(prop), int | float)}
     key = SORTS[q.sort]
-    present = [r for r in out if not key(r, values)[0]]
-    missing = [r for r in out if key(r, values)[0]]  # rows without the value go last, always
-    present.sort(key=lambda r: (key(r, values)[1], r.id), reverse=q.descending)
-    missing.sort(key=lambda r: r.id)
-    return present + missing
+    keyed = [(key(r, values), r) for r in out]
+    present = [((k[1], r.id), r) for k, r in keyed if not k[0]]
+    missing = sorted((r for k, r in keyed if k[0]), key=lambda r: r.id)  # always last
+    present.sort(key=lambda kr: kr[0], reverse=q.descending)
+    return [r for _, r in present] + missing
+
+
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(key: tuple, compute: Any) -> Any:
+    """A small LRU: a page polled every few seconds, or paged through, sorts only once per
+    change of the digest or of the DFT results."""
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    value = compute()
+    with _CACHE_LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > 32:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def matching(digest: Any, dft: dict[str, dict], q: Query, prop: str) -> list[Any]:
+    rows = digest.fresh()
+    signature = hash(tuple(sorted((cid, c.get(prop)) for cid, c in dft.items())))
+    filters = (tuple(sorted(q.status)), q.cycle, q.generator, q.formula, q.reason)
+    key = ("select", id(digest), digest.version, signature, filters, q.sort, q.descending)
+
+    def compute() -> list[Any]:
+        with no_gc():
+            return select(rows, dft, q, prop)
+
+    return _cached(key, compute)
+
+
+def options(digest: Any) -> dict[str, list]:
+    """The values the filter form offers (generators, rejecting filters, cycles)."""
+
+    def compute() -> dict[str, list]:
+        rows = digest.rows.values()
+        return {
+            "generators": sorted({r.generator for r in rows if r.generator}),
+            "reasons": sorted({x for r in rows for x in r.reasons}),
+            "cycles": sorted({r.cycle for r in rows if r.cycle is not None}),
+        }
+
+    return _cached(("options", id(digest), digest.version), compute)
 
 
 def row_dict(r: Any, calc: dict | None, prop: str) -> dict[str, Any]:
@@ -140,9 +188,10 @@ def row_dict(r: Any, calc: dict | None, prop: str) -> dict[str, Any]:
 
 
 def page(store: Any, digests: Any, campaign: str, q: Query, prop: str) -> dict[str, Any]:
-    rows = digests.get(store, campaign, prop).fresh()
+    digest = digests.get(store, campaign, prop)
     dft = dft_values(store, campaign, prop)
-    matched = select(rows, dft, q, prop)
+    matched = matching(digest, dft, q, prop)
+    rows = digest.rows
     pages = max(1, -(-len(matched) // q.per_page))
     q.page = min(q.page, pages)
     start = (q.page - 1) * q.per_page
@@ -153,9 +202,7 @@ def page(store: Any, digests: Any, campaign: str, q: Query, prop: str) -> dict[s
         "all": len(rows),
         "page": q.page,
         "pages": pages,
-        "generators": sorted({r.generator for r in rows.values() if r.generator}),
-        "reasons": sorted({x for r in rows.values() for x in r.reasons}),
-        "cycles": sorted({r.cycle for r in rows.values() if r.cycle is not None}),
+        **options(digest),
     }
 
 
@@ -180,12 +227,12 @@ CSV_COLUMNS = [
 
 def to_csv(store: Any, digests: Any, campaign: str, q: Query, prop: str) -> str:
     """Every row the query matches (not only one page)."""
-    rows = digests.get(store, campaign, prop).fresh()
+    digest = digests.get(store, campaign, prop)
     dft = dft_values(store, campaign, prop)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS)
     writer.writeheader()
-    for r in select(rows, dft, q, prop):
+    for r in matching(digest, dft, q, prop):
         writer.writerow(row_dict(r, dft.get(r.id), prop))
     return buffer.getvalue()
 
@@ -204,9 +251,9 @@ def cif_of(structure: dict[str, Any]) -> str:
 
 def to_cif_zip(store: Any, digests: Any, campaign: str, q: Query, prop: str) -> bytes:
     """The CIFs of the current page: generated, and DFT-relaxed where a result exists."""
-    rows = digests.get(store, campaign, prop).fresh()
+    digest = digests.get(store, campaign, prop)
     dft = dft_values(store, campaign, prop)
-    matched = select(rows, dft, q, prop)
+    matched = matching(digest, dft, q, prop)
     start = (q.page - 1) * q.per_page
     ids = [r.id for r in matched[start : start + q.per_page]]
     docs = store.find_candidates(
