@@ -186,9 +186,19 @@ def fill_store(perov_csv: Path, workdir: Path) -> dict:
             previous="shipped-default",
             holdout_ids=[ids[9]],
         )
+        verdict = {  # policies.finetune.HeadVerdict.to_dict(), one per head
+            "head": "formation_energy_per_atom",
+            "campaign_old": {"mae": 0.15, "rmse": 0.18},
+            "campaign_new": {"mae": 0.19, "rmse": 0.22},
+            "anchor_old": {"mae": 0.074},
+            "anchor_new": {"mae": 0.081},
+            "passed": False,
+            "reason": "campaign MAE rose",
+        }
         store.register_model(
-            "demo", "ft-00003", training_size=2, holdout_metrics={"old_mae": 0.15, "new_mae": 0.19},
-            state="rejected", previous="ft-00002", holdout_ids=[ids[8]],
+            "demo", "ft-00003", training_size=2,
+            holdout_metrics={"formation_energy_per_atom": verdict},
+            state="rejected", previous="ft-00002", folds=2,
         )  # fmt: skip
     formulas = [s.composition.reduced_formula for s in structures]
     return {"ids": ids, "formulas": formulas, "task_dir": task_dir}
@@ -391,10 +401,19 @@ def test_queue_models_and_policies_pages(client, filled):
     m = api(client, "/api/campaign/demo/models")
     assert m["fields"] == {"versions": "2", "deployed": "ft-00002"}
     rows = [texts(r) for r in m["tables"]["models"]["rows"]]
-    assert [(r[0], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows] == [
-        ("ft-00002", "1", "1", "0.210", "0.150", "passed the gate: deployed", "yes"),
-        ("ft-00003", "2", "1", "0.150", "0.190", "refused by the validation gate", "no"),
-    ]
+    assert [(r[0], r[3], r[4], r[5], r[6], r[7], r[8], r[9]) for r in rows] == [
+        ("ft-00002", "1", "1", "0.210", "0.150", "-", "passed the gate: deployed", "yes"),
+        (
+            "ft-00003", "2", "2", "0.150", "0.190", "0.081",
+            "refused by the validation gate; formation_energy_per_atom: failed (campaign MAE rose)",
+            "no",
+        ),
+    ]  # fmt: skip
+    mae = {t["name"]: t["y"] for t in m["figures"]["models"]["data"]}
+    assert mae == {
+        "hold-out MAE before (deployed model)": [0.21, 0.15],
+        "hold-out MAE after (fine-tuned)": [0.15, 0.19],
+    }
     p = api(client, "/api/campaign/demo/policies")
     assert p["fields"] == {"policy": "lcb", "selected": "4"}
     replay = json.loads((REPO / "benchmarks/results/replay.json").read_text())

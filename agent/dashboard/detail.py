@@ -129,6 +129,32 @@ def queue(store: Any, campaign: str) -> dict[str, Any]:
     }
 
 
+HEAD = "formation_energy_per_atom"
+
+
+def maes(metrics: dict[str, Any]) -> tuple[Any, Any, Any, list[str]]:
+    """(MAE before, MAE after, anchor MAE after, per-head verdicts) from either form of
+    ``holdout_metrics``: flat (``old_mae``/``new_mae``, one hold-out split) or per head
+    (``policies.finetune.HeadVerdict``: campaign cross-validation plus a fixed anchor slice)."""
+    if "old_mae" in metrics or "new_mae" in metrics:
+        return metrics.get("old_mae"), metrics.get("new_mae"), None, []
+    heads = {h: v for h, v in metrics.items() if isinstance(v, dict) and "campaign_new" in v}
+    if not heads:
+        return None, None, None, []
+    v = heads.get(HEAD) or heads[sorted(heads)[0]]
+    verdicts = [
+        f"{h}: {'passed' if x.get('passed') else 'failed'}"
+        + (f" ({x['reason']})" if x.get("reason") else "")
+        for h, x in sorted(heads.items())
+    ]
+    return (
+        (v.get("campaign_old") or {}).get("mae"),
+        (v.get("campaign_new") or {}).get("mae"),
+        (v.get("anchor_new") or {}).get("mae"),
+        verdicts,
+    )
+
+
 def models(store: Any, campaign: str) -> list[dict[str, Any]]:
     out = []
     for m in store.list_models(campaign):
@@ -139,6 +165,9 @@ def models(store: Any, campaign: str) -> list[dict[str, Any]]:
             "rejected": "refused by the validation gate",
             "training": "training",
         }.get(state, state)
+        before, after, anchor, heads = maes(metrics)
+        if heads:
+            verdict += "; " + "; ".join(heads)
         out.append(
             {
                 "version": m.get("version"),
@@ -147,13 +176,12 @@ def models(store: Any, campaign: str) -> list[dict[str, Any]]:
                 "verdict": verdict,
                 "deployed": bool(m.get("deployed")),
                 "training_size": m.get("training_size"),
-                "holdout_size": len(m.get("holdout_ids") or []) or None,
-                "old_mae": metrics.get("old_mae"),
-                "new_mae": metrics.get("new_mae"),
-                "metrics": metrics,
+                "holdout_size": len(m.get("holdout_ids") or []) or m.get("folds"),
+                "old_mae": before,
+                "new_mae": after,
+                "anchor_mae": anchor,
                 "previous": m.get("previous"),
                 "created_at": m.get("created_at"),
-                "holdout_metrics": metrics,
             }
         )
     return out

@@ -174,7 +174,7 @@ def generators_figure(yields: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def models_figure(models: list[dict[str, Any]]) -> dict[str, Any]:
-    done = [m for m in models if (m.get("holdout_metrics") or {}).get("new_mae") is not None]
+    done = [m for m in models if m.get("new_mae") is not None]
     versions = _esc([m["version"] for m in done])
     colour = {"deployed": "#00cc96", "rejected": "#ef553b"}
     traces = [
@@ -183,7 +183,7 @@ def models_figure(models: list[dict[str, Any]]) -> dict[str, Any]:
             "mode": "lines+markers",
             "name": "hold-out MAE before (deployed model)",
             "x": versions,
-            "y": [m["holdout_metrics"].get("old_mae") for m in done],
+            "y": [m.get("old_mae") for m in done],
             "line": {"dash": "dot", "color": "#888"},
         },
         {
@@ -191,7 +191,7 @@ def models_figure(models: list[dict[str, Any]]) -> dict[str, Any]:
             "mode": "lines+markers",
             "name": "hold-out MAE after (fine-tuned)",
             "x": versions,
-            "y": [m["holdout_metrics"].get("new_mae") for m in done],
+            "y": [m.get("new_mae") for m in done],
             "marker": {"size": 11, "color": [colour.get(m.get("state"), "#636efa") for m in done]},
             "text": _esc([m.get("state") for m in done]),
         },
