@@ -73,10 +73,11 @@ def test_local_backend_end_to_end_and_restart(dft_env: Path, tmp_path: Path) -> 
     assert {s.state for s in states.values()} == {"completed"}, states
     doc = again.result("al-1")
     assert doc["candidate_id"] == "al-1"
-    assert doc["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-6)  # Al vs Al
+    # Al vs Al: zero up to two relaxations from different starts (reference: CHGNet volume)
+    assert doc["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-4)
     assert doc["prerelax_steps"] is not None and doc["ionic_steps"] >= 1
     si_doc = backend.result(h_si)
-    assert si_doc["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-6)
+    assert si_doc["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-4)
     assert Structure.from_dict(si_doc["structure"]).composition.reduced_formula == "Si"
 
 
@@ -202,7 +203,9 @@ def test_elemental_references_are_jobs_shared_across_campaigns(
     assert not (settings.runs_dir / "references").exists()  # pw.x never ran for it
     formation = store.get_output(flow_b.output.uuid)
     assert formation["references"] == {"Si": first["energy_per_atom"]}
-    assert formation["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-6)
+    # Si against itself: zero, up to where two vc-relaxations from different starting cells
+    # (the reference starts at CHGNet's volume) stop inside the thresholds (measured 4e-6)
+    assert formation["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-4)
 
 
 def _fireworks_roundtrip(lp, store, tmp_path: Path) -> None:
@@ -248,7 +251,7 @@ def _fireworks_roundtrip(lp, store, tmp_path: Path) -> None:
     assert backend.rerun(hb).state == "queued"
     doc = backend.result(h)
     assert doc["candidate_id"] == "al-fw" and doc["reduced_formula"] == "Al"
-    assert doc["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-6)
+    assert doc["formation_energy_per_atom"] == pytest.approx(0.0, abs=1e-4)
 
 
 def test_fireworks_backend_mongomock(dft_env: Path, tmp_path: Path, monkeypatch) -> None:
