@@ -220,14 +220,14 @@ def describe(doc: dict) -> list[str]:
         if not isinstance(v, dict) or "campaign_new" not in v:
             continue
         anchor = (
-            f"; anchor ({v['anchor_old'].get('n', 0)}) {fmt(v['anchor_old'])} -> "
+            f", anchor ({v['anchor_old'].get('n', 0)}) {fmt(v['anchor_old'])} -> "
             f"{fmt(v['anchor_new'])}"
             if v.get("anchor_old")
             else ""
         )
         lines.append(
-            f"  {head}: campaign CV MAE {fmt(v['campaign_old'])} (deployed) -> "
-            f"{fmt(v['campaign_new'])} (new){anchor} eV/atom: {v.get('reason', '')}"
+            f"  {head} MAE, deployed -> new: campaign CV {fmt(v['campaign_old'])} -> "
+            f"{fmt(v['campaign_new'])}{anchor} eV/atom: {v.get('reason', '')}"
         )
     if doc.get("error"):
         lines.append(f"  failed: {doc['error']}")

@@ -232,13 +232,11 @@ def _judge(v: HeadVerdict, s: GateSettings) -> tuple[bool, str]:
     if not np.isfinite(new):
         return False, "no finite cross-validated prediction"
     if np.isfinite(old) and new > old - s.min_improvement:
-        need = f" by {s.min_improvement:g}" if s.min_improvement else ""
-        return False, f"campaign CV MAE {new:.3f} vs {old:.3f} eV/atom: not better{need}"
+        return False, "campaign CV " + (
+            f"not better by {s.min_improvement:g}" if s.min_improvement else "worse"
+        )
     if v.anchor_old:
         a_old, a_new = v.anchor_old["mae"], v.anchor_new.get("mae", np.nan)
         if not np.isfinite(a_new) or a_new > a_old + s.anchor_tolerance:
-            return False, (
-                f"anchor MAE rose {a_old:.3f} -> {a_new:.3f} eV/atom "
-                f"(tolerance {s.anchor_tolerance:g})"
-            )
-    return True, "campaign CV not worse" + (", anchor held" if v.anchor_old else ", no anchor")
+            return False, f"anchor MAE rose by more than {s.anchor_tolerance:g}"
+    return True, "passed" + ("" if v.anchor_old else " (CV only, no anchor)")

@@ -31,6 +31,7 @@ pytestmark = [
 ]
 
 BUDGET = 4
+ELEMENTS = ["Li", "Na", "K", "F", "Cl"]  # halides: cheap at 20 Ry, few known mixed ones
 
 
 def cheap_cells() -> dict[str, Structure]:
@@ -48,7 +49,9 @@ def cheap_cells() -> dict[str, Structure]:
 
 
 @pytest.fixture()
-def campaign(tmp_path: Path, crystalloop_home: Path, monkeypatch) -> tuple[Path, dict]:
+def campaign(
+    tmp_path: Path, crystalloop_home: Path, matminer_dir: Path, monkeypatch
+) -> tuple[Path, dict]:
     from dft.pseudos import install
     from dft.settings import DFTSettings
 
@@ -93,7 +96,15 @@ def campaign(tmp_path: Path, crystalloop_home: Path, monkeypatch) -> tuple[Path,
             "max_seconds": 300,
         },
         "budgets": {"max_dft_calculations": BUDGET},
-        "retraining": {"enabled": True, "every_n_results": 2, "holdout_fraction": 0.5},
+        "retraining": {
+            "enabled": True,
+            "every_n_results": 2,
+            "folds": 2,
+            "epochs": 2,
+            "replay_source": str(matminer_dir / "flla_2015.csv.gz"),
+            "replay_size": 16,
+            "anchor_size": 16,
+        },
         "stopping": {"max_cycles": 4},
     }
     path = tmp_path / "campaign.yaml"
@@ -121,11 +132,16 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def test_sigkill_anywhere_then_resume_does_every_calculation_once(campaign) -> None:
-    path, env = campaign
+KILL_POINTS = ("after_select", "before_backend_submit", "dft_running", "retrain_started")
+
+
+def kill_everywhere_then_finish(path: Path, env: dict, budget: int) -> list[dict]:
+    """kill -9 the daemon at each crash point in turn, stop one gracefully while a second
+    daemon is refused the lock, run to the end, and check from the store and the backend that
+    every planned calculation ran exactly once. Returns the calculations."""
     config = CampaignConfig.from_yaml(path)
 
-    for point in ("after_select", "before_backend_submit", "dft_running", "retrain_started"):
+    for point in KILL_POINTS:
         rc, out = finish(start(path, env, kill_at=point))
         assert rc == -9, f"daemon was not killed at {point} (rc {rc}):\n{out[-3000:]}"
 
@@ -153,12 +169,12 @@ def test_sigkill_anywhere_then_resume_does_every_calculation_once(campaign) -> N
         campaign_doc = store.get_campaign(config.name)
         assert campaign_doc["state"] == "completed", out[-3000:]
         counts = store.count_by_status(config.name)
-        assert counts["completed"] + counts["failed"] == BUDGET, counts
+        assert counts["completed"] + counts["failed"] == budget, counts
         assert counts["submitted"] == counts["running"] == counts["selected"] == 0, counts
 
         calcs = store.find_calculations(config.name)
-        assert len(calcs) == BUDGET
-        assert len({c["candidate_id"] for c in calcs}) == BUDGET
+        assert len(calcs) == budget
+        assert len({c["candidate_id"] for c in calcs}) == budget
         done = [c for c in calcs if c["state"] == "completed"]
         assert done, "no calculation completed"
         for calc in done:
@@ -171,7 +187,7 @@ def test_sigkill_anywhere_then_resume_does_every_calculation_once(campaign) -> N
             for e in store.events(config.name, kind="transition", limit=0)
             if e.get("to") in ("completed", "failed")
         )
-        assert sorted(finals.values()) == [1] * BUDGET, finals
+        assert sorted(finals.values()) == [1] * budget, finals
 
         # a retraining ran to a verdict (deployed or refused by the gate) despite the kill
         models = store.list_models(config.name, "surrogate")
@@ -182,3 +198,88 @@ def test_sigkill_anywhere_then_resume_does_every_calculation_once(campaign) -> N
 
     handles = LocalBackend().handles()
     assert sorted(h.candidate_id for h in handles) == sorted(c["candidate_id"] for c in calcs)
+    return calcs
+
+
+def test_sigkill_anywhere_then_resume_does_every_calculation_once(campaign) -> None:
+    path, env = campaign
+    kill_everywhere_then_finish(path, env, BUDGET)
+
+
+GENERATIVE_BUDGET = 3
+
+
+@pytest.fixture()
+def generative_campaign(campaign, tmp_path: Path, matminer_dir: Path) -> tuple[Path, dict]:
+    """The crash campaign with its candidates from the shipped fingerprint generator, inside
+    a cheap chemical space, every filter on (known crystals included) and one relaxation per
+    formula: generator -> CGCNN -> funnel -> pw.x under fault."""
+    path, env = campaign
+    config = yaml.safe_load(path.read_text())
+    config |= {
+        "name": "crash-generative",
+        "generators": [
+            {
+                "name": "fingerprint",
+                "candidates_per_cycle": 12,
+                "mode": "random-per-decile",
+                "deciles": [0, 1, 2],
+                "options": {"max_sites": 4},
+            }
+        ],
+        "filters": {
+            "elements": ELEMENTS,
+            "min_distance": 0.5,
+            "charge_balance": True,
+            "stoichiometry": True,
+            "novelty": True,
+            "batch_duplicates": True,
+            "property_window": None,
+            "known_sources": [str(matminer_dir / "flla_2015.csv.gz")],
+        },
+        "acquisition": {"policy": "greedy", "params": {}, "diversity": False},
+        "batch_size": 1,
+        "budgets": {"max_dft_calculations": GENERATIVE_BUDGET},
+        "stopping": {"max_cycles": 8},
+    }
+    # scf at 40 Ry: at the Al/Si test cutoff (20 Ry) pw.x crashes on the halides' hard
+    # pseudopotentials ("charge is wrong"), and no result would reach the retraining kill point
+    config["dft"] |= {"calculation": "scf", "ecutwfc": 40}
+    out = tmp_path / "generative.yaml"
+    out.write_text(yaml.safe_dump(config))
+    CampaignConfig.from_yaml(out)
+    return out, env
+
+
+def test_generative_campaign_under_kill9_runs_each_calculation_once_and_records_rejections(
+    generative_campaign,
+) -> None:
+    path, env = generative_campaign
+    calcs = kill_everywhere_then_finish(path, env, GENERATIVE_BUDGET)
+    name = CampaignConfig.from_yaml(path).name
+    with Store.connect() as store:
+        candidates = store.find_candidates(name, limit=0)
+        # every relaxed crystal was proposed by the generator, inside the chemical space
+        by_id = {c["_id"]: c for c in candidates}
+        for calc in calcs:
+            cand = by_id[calc["candidate_id"]]
+            assert cand["provenance"]["generator"] == "fingerprint"
+            elements = {e.symbol for e in Store.structure_of(cand).composition}
+            assert elements <= set(ELEMENTS)
+        # one relaxation per formula
+        formulas = [by_id[c["candidate_id"]]["formula"] for c in calcs]
+        assert len(set(formulas)) == len(formulas), formulas
+        # every rejection carries its reasons, and the audit log holds it once
+        rejected = [c for c in candidates if c["status"] == "rejected"]
+        assert rejected, "the funnel rejected nothing: the test does not exercise it"
+        for cand in rejected:
+            assert cand["filters"] and all(
+                isinstance(why, str) and why for why in cand["filters"].values()
+            ), cand["filters"]
+        rejections = Counter(
+            e["candidate_id"]
+            for e in store.events(name, kind="transition", limit=0)
+            if e.get("to") == "rejected"
+        )
+        assert set(rejections) == {c["_id"] for c in rejected}
+        assert set(rejections.values()) == {1}, rejections
