@@ -57,8 +57,8 @@ def test_the_demo_says_what_it_would_do(empty_home, monkeypatch, shared_data):
     assert result.exit_code == 0, out
     assert "generate 40 from fingerprint (fpcvae-" in out
     assert "[-inf, -1.52] eV/atom on Materials Project PBE formation energy" in out
-    assert "not one of 3,938 known crystals" in out
-    assert "ecutwfc 84 Ry for Ba-O-Sr-Ti" in out and "symmetrized within 0.1 A" in out
+    assert "not one of 6,175 known crystals" in out  # flla_2015 + elastic_tensor + dielectric
+    assert "ecutwfc 84 Ry for Ba-O-Sr-Ti" in out and "symmetrized within 0.2 A" in out
     assert not empty_home.exists()
 
 

@@ -1,6 +1,6 @@
 """The dashboard over a store that a real campaign wrote: `crystalloop run` with real pw.x
-(two Al/Si cells at test settings, about a minute), then the campaign's page in headless
-Chromium, its numbers checked against the store."""
+(two Al/Si cells at test settings, about a minute), then every page in headless Chromium,
+its numbers checked against the store."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pymatgen.core import Lattice, Structure
-from test_dashboard_browser import CHROMIUM, DRIVER, browser, field, free_port, open_page
+from test_dashboard_browser import CHROMIUM, DRIVER, browser, field, free_port, open_page, rows
 
 from agent.store import Store
 
@@ -86,17 +86,44 @@ def test_campaign_page_over_a_real_campaign(campaign_store, browser, tmp_path):
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
+    base, name = f"http://127.0.0.1:{port}", campaign_store
     try:
-        open_page(browser, f"http://127.0.0.1:{port}/campaign/{campaign_store}", ["parity"])
         with Store.connect() as store:
-            counts = store.count_by_status(campaign_store)
-            done = store.find_calculations(campaign_store, "completed")
+            counts = store.count_by_status(name)
+            done = store.find_calculations(name, "completed")
+            candidates = store.find_candidates(name)
         assert len(done) == 2 and counts["completed"] == 2
+
+        open_page(browser, base + "/")
+        (row,) = rows(browser, "campaigns")
+        assert row[0] == name and row[12] == "2 / 2"
+
+        open_page(browser, f"{base}/campaign/{name}", ["parity"])
         assert field(browser, "dft_completed") == "2"
         assert field(browser, "candidates") == str(sum(counts.values()))
         energies = browser.execute_script("return document.getElementById('g-parity').data[0].y")
-        assert sorted(energies) == sorted(c["formation_energy_per_atom"] for c in done)
+        expected = sorted(c["formation_energy_per_atom"] for c in done)
+        assert sorted(energies) == pytest.approx(expected, abs=1e-12)
         assert browser.save_screenshot(str(tmp_path / "real-campaign.png"))
+
+        open_page(browser, f"{base}/campaign/{name}/candidates")
+        assert field(browser, "total") == str(len(candidates))
+        assert sorted(r[4] for r in rows(browser, "candidates")) == sorted(
+            c["formula"] for c in candidates
+        )
+
+        calc = done[0]
+        open_page(browser, f"{base}/candidate/{calc['candidate_id']}", ["generated", "relaxed"])
+        assert field(browser, "formula") == calc["formula"]
+        assert field(browser, "dft") == f"{calc['formation_energy_per_atom']:.3f}"
+        assert rows(browser, "attempts")  # the real pw.x attempt, read from its task folder
+
+        open_page(browser, f"{base}/campaign/{name}/queue")
+        assert rows(browser, "running") == [] and field(browser, "running") == "0"
+        open_page(browser, f"{base}/campaign/{name}/models", ["models"])
+        assert rows(browser, "models") == []  # retraining is off in this campaign
+        open_page(browser, f"{base}/campaign/{name}/policies", ["selection"])
+        assert field(browser, "policy") == "greedy"
     finally:
         server.should_exit = True
         thread.join(10)

@@ -50,10 +50,18 @@ def test_summary_names_generator_novelty_and_retraining_in_80_columns(monkeypatc
         strict=True,
     ):
         b.update(generator=generator, novelty=novelty)
-    data["retraining"] = [
-        {"version": "v1", "state": "rejected", "training_size": 3, "holdout_size": 1,
-         "old_mae": 0.412, "new_mae": 0.538},
-    ]  # fmt: skip
+    from agent.retrain import describe
+
+    doc = {  # a model document as agent.retrain stores it
+        "version": "v1", "state": "rejected", "campaign_results": 3, "folds": 3,
+        "replay": {"source": "matminer:flla_2015", "n": 200},
+        "holdout_metrics": {"formation_energy_per_atom": {
+            "campaign_old": {"n": 3, "mae": 0.412}, "campaign_new": {"n": 3, "mae": 0.538},
+            "anchor_old": {"n": 200, "mae": 0.074}, "anchor_new": {"n": 200, "mae": 0.075},
+            "passed": False, "reason": "campaign CV worse",
+        }},
+    }  # fmt: skip
+    data["retraining"] = [{"version": "v1", "state": "rejected", "lines": describe(doc)}]
     text = printed(monkeypatch, data)
     assert max(len(line) for line in text.splitlines()) <= 80
     rows = [line.split("│")[1:-1] for line in text.splitlines() if line.startswith("│ ")]
@@ -62,10 +70,15 @@ def test_summary_names_generator_novelty_and_retraining_in_80_columns(monkeypatc
         ["SrTiO3", "fingerprint", "-2.000", "-1.900", "0.000", "known mp-5777"],
         ["TiO2", "dataset", "-1.000", "-0.900", "0.031", "known mp-2657"],
     ]
+    flat = " ".join(text.split())
     assert (
-        "retraining v1: rejected - CGCNN fine-tuned on 3 DFT result(s), hold-out of 1: "
-        "formation energy MAE 0.412 (before) -> 0.538 eV/atom (after)"
-    ) in " ".join(text.split())
+        "retrained v1: refused by the gate (fine-tuned on 3 DFT result(s) + 200 replayed; "
+        "3-fold CV)"
+    ) in flat
+    assert (
+        "formation_energy_per_atom MAE, deployed -> new: campaign CV 0.412 -> 0.538, "
+        "anchor (200) 0.074 -> 0.075 eV/atom: campaign CV worse"
+    ) in flat
 
 
 def test_summary_without_known_sources_has_no_novelty_column(monkeypatch):
