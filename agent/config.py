@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from policies.settings import GateSettings
+
 Property = Literal[
     "formation_energy_per_atom",
     "e_above_hull",
@@ -291,19 +293,16 @@ class Budgets(_Section):
     max_wall_time: float | None = Field(None, gt=0, description="seconds for the whole campaign")
 
 
-class Retraining(_Section):
+class Retraining(_Section, GateSettings):
     """Fine-tune the surrogate every N new DFT results, with replay of its own training data,
     and deploy only what passes the gate of ``policies.finetune``: per fine-tuned head, the
     campaign's k-fold cross-validated MAE not worse than the deployed model's and the MAE on a
-    fixed anchor slice (rows the shipped model held out) not risen beyond a tolerance."""
+    fixed anchor slice (rows the shipped model held out) not risen beyond a tolerance. The
+    gate's own fields (folds, epochs, min_improvement, anchor_tolerance) are
+    ``policies.settings.GateSettings``'s."""
 
     enabled: bool = True
     every_n_results: int = Field(20, ge=1)
-    folds: int = Field(5, ge=2, le=20, description="k of the campaign results' k-fold CV")
-    epochs: int = Field(10, ge=1, le=200, description="fine-tuning epochs")
-    min_improvement: float = Field(
-        0.0, ge=0, description="eV/atom the campaign CV MAE must drop by; 0 = not-worse gate"
-    )
     replay_source: str | None = Field(
         "matminer:flla_2015",
         description="the data the surrogate's formation-energy head learnt (Materials Project "
@@ -317,9 +316,6 @@ class Retraining(_Section):
     anchor_size: int = Field(
         200, ge=0, description="held-out original crystals every version is judged on (0 = none)"
     )
-    anchor_tolerance: float = Field(
-        0.01, ge=0, description="eV/atom the anchor MAE may rise by before a version is refused"
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -331,15 +327,8 @@ class Retraining(_Section):
             )
         return data
 
-    def gate_settings(self) -> Any:
-        from policies.finetune import GateSettings
-
-        return GateSettings(
-            folds=self.folds,
-            epochs=self.epochs,
-            min_improvement=self.min_improvement,
-            anchor_tolerance=self.anchor_tolerance,
-        )
+    def gate_settings(self) -> GateSettings:
+        return GateSettings(**self.model_dump(include=set(GateSettings.model_fields)))
 
 
 class Stopping(_Section):

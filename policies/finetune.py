@@ -28,29 +28,14 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
 from policies.graphs import subset
+from policies.settings import GateSettings
 from policies.surrogate import Surrogate, regression_metrics
 
 # The split the shipped surrogate was trained with (policies.splits.train_holdout, MODEL_CARD)
 SHIPPED_HOLDOUT, SHIPPED_SPLIT_SEED = 0.2, 0
-
-
-class GateSettings(BaseModel):
-    """How a fine-tune is trained and judged (campaign YAML: the `retraining` section)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    folds: int = Field(5, ge=2, le=20, description="k of the campaign's k-fold cross-validation")
-    epochs: int = Field(10, ge=1, le=200, description="fine-tuning epochs")
-    min_improvement: float = Field(
-        0.0, ge=0, description="eV/atom the campaign's cross-validated MAE must drop by"
-    )
-    anchor_tolerance: float = Field(
-        0.01, ge=0, description="eV/atom the anchor MAE may rise by (noise of a fine-tune)"
-    )
 
 
 @dataclass
@@ -63,14 +48,6 @@ class Labelled:
 
     def __len__(self) -> int:
         return len(self.structures)
-
-    def take(self, rows: Sequence[int] | np.ndarray) -> Labelled:
-        rows = [int(i) for i in rows]
-        return Labelled(
-            [self.structures[i] for i in rows],
-            {k: v[rows] for k, v in self.targets.items()},
-            [self.ids[i] for i in rows],
-        )
 
     def plus(self, other: Labelled | None) -> Labelled:
         if other is None or not len(other):

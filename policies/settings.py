@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crystalloop.home import crystalloop_home
@@ -71,3 +71,18 @@ def apply_torch_threads(settings: PolicySettings | None = None) -> None:
 
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+class GateSettings(BaseModel):
+    """How a fine-tune is trained and judged (campaign YAML: the `retraining` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folds: int = Field(5, ge=2, le=20, description="k of the campaign's k-fold cross-validation")
+    epochs: int = Field(10, ge=1, le=200, description="fine-tuning epochs")
+    min_improvement: float = Field(
+        0.0, ge=0, description="eV/atom the campaign's cross-validated MAE must drop by"
+    )
+    anchor_tolerance: float = Field(
+        0.01, ge=0, description="eV/atom the anchor MAE may rise by (noise of a fine-tune)"
+    )
