@@ -92,6 +92,18 @@ def check_campaign(config: CampaignConfig, components: Components) -> None:
         components.surrogate  # noqa: B018
     except (OSError, ValueError, RuntimeError) as exc:
         raise CampaignInvalid(f"surrogate: {exc}") from exc
+    source = config.retraining.replay_source
+    if config.retraining.enabled and source:
+        # the trainer reads it only at the first retraining, long after the campaign started
+        from generators.data.readers import matminer_path
+
+        try:
+            if source.startswith("matminer:"):
+                matminer_path(source.split(":", 1)[1])
+            elif not Path(source).is_file():
+                raise FileNotFoundError(f"no such file {source}")
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise CampaignInvalid(f"retraining.replay_source: {exc}") from exc
     if config.dft.backend == "fireworks":
         try:
             components.backend  # noqa: B018

@@ -29,9 +29,12 @@ def installed_pseudos() -> Path:
 
 
 @pytest.fixture()
-def empty_home(tmp_path, monkeypatch, installed_pseudos, crystalloop_home) -> Path:
-    """A CRYSTALLOOP_HOME that does not exist yet (pseudopotentials from the installed set)."""
+def empty_home(tmp_path, monkeypatch, installed_pseudos, crystalloop_home, shared_data) -> Path:
+    """A CRYSTALLOOP_HOME that does not exist yet (pseudopotentials from the installed set,
+    matminer's data sets from the copy beside the checkout, as `crystalloop data fetch` would
+    have them)."""
     monkeypatch.setenv("CRYSTALLOOP_DFT_PSEUDO_DIR", str(installed_pseudos))
+    monkeypatch.setenv("CRYSTALLOOP_DATA_CACHE_DIR", str(shared_data))
     home = tmp_path / "never-written"
     monkeypatch.setenv("CRYSTALLOOP_HOME", str(home))
     return home
@@ -94,3 +97,14 @@ def test_a_bad_field_is_one_error_naming_it(empty_home, tmp_path, change, named)
     assert result.exit_code == 2, out
     assert out.count("error:") == 1 and named in out and "Traceback" not in out, out
     assert not empty_home.exists()
+
+
+def test_a_replay_source_that_is_not_there_is_refused_before_the_run(empty_home, tmp_path):
+    """The trainer would read it only at the first retraining, hours into a campaign."""
+    missing = tmp_path / "nowhere.csv.gz"
+    path = _variant(tmp_path, lambda c: c["retraining"].update(replay_source=str(missing)))
+    result = runner.invoke(app, ["check", str(path)])
+    out = words(result.output)
+    assert result.exit_code == 2, out
+    assert out.count("error:") == 1 and "retraining.replay_source" in out, out
+    assert str(missing) in out and not empty_home.exists()
