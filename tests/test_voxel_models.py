@@ -9,10 +9,10 @@ import torch
 
 from generators.data import read_table
 from generators.voxel.encode import encode, encode_many
+from generators.voxel.inputs import class_lookup, coordinate_channels
 from generators.voxel.losses import class_weights, kld, perceptual, unet_loss, vae_loss
-from generators.voxel.rotations import rotate_structure
+from generators.voxel.rotations import rotate_spatial, rotate_structure
 from generators.voxel.settings import VoxelSettings
-from generators.voxel.train import class_lookup, coordinate_channels, rotate_grid
 from generators.voxel.unet import UNet3D, UNetConfig, periodic_max
 from generators.voxel.vae import ConditionalVAE, VAEConfig, one_hot_decile
 
@@ -144,13 +144,51 @@ def test_rotations_match_rotated_crystals(perovskites):
     settings = VoxelSettings(n_grid=N)
     structure = perovskites[1].structure
     species = torch.from_numpy(encode(structure, settings).species.astype(np.int64))
-    ours = {rotate_grid(species, r).numpy().tobytes() for r in range(24)}
+    ours = {rotate_spatial(species, r).numpy().tobytes() for r in range(24)}
     truth = {
         encode(rotate_structure(structure, r), settings).species.astype(np.int64).tobytes()
         for r in range(24)
     }
     assert ours == truth
     assert len(ours) > 1
+
+
+def _permute_flip_roll(x: torch.Tensor, perm, flips) -> torch.Tensor:
+    """The training augmentation before it used rotations.ROTATIONS: permute the last three
+    axes, then map voxel i -> -i (mod n) along each flipped axis."""
+    lead = list(range(x.dim() - 3))
+    x = x.permute(*lead, *(len(lead) + p for p in perm))
+    for axis, flip in enumerate(flips):
+        if flip:
+            d = len(lead) + axis
+            x = torch.roll(torch.flip(x, dims=(d,)), 1, dims=(d,))
+    return x
+
+
+def test_training_rotations_are_the_old_permute_flip_table(batch):
+    """Rotation number r is the rotation the training augmentation applied before (the old
+    (permutation, flips) table, det +1, in the same order), so a seed augments as before."""
+    from itertools import permutations, product
+
+    from generators.voxel.rotations import ROTATIONS, rotate_batch
+
+    old = [
+        (perm, flips)
+        for perm in permutations(range(3))
+        for flips in product((False, True), repeat=3)
+        if (sum(perm[i] > perm[j] for i in range(3) for j in range(i + 1, 3)) + sum(flips)) % 2 == 0
+    ]
+    assert len(old) == len(ROTATIONS) == 24
+    density, species, _ = batch
+    species = torch.from_numpy(species)
+    for r, (perm, flips) in enumerate(old):
+        assert torch.equal(rotate_spatial(density, r), _permute_flip_roll(density, perm, flips))
+        assert torch.equal(rotate_spatial(species, r), _permute_flip_roll(species, perm, flips))
+    rotations = np.array([0, 5, 17, 23])
+    rotated = rotate_batch(density, rotations)
+    for b, r in enumerate(rotations):
+        assert torch.equal(rotated[b], _permute_flip_roll(density[b], *old[r]))
+    assert rotate_batch(density, np.zeros(4, dtype=np.int64)) is density
 
 
 def test_class_weights_inverse_counts_and_empty_zero():

@@ -13,16 +13,14 @@ from typer.testing import CliRunner
 
 from generators.candidate import Candidate
 from generators.data import read_table
+from generators.voxel.checkpoints import load_checkpoint
+from generators.voxel.data_cache import load_voxel_data
 from generators.voxel.evaluate import check_targets, evaluate_reconstruction, evaluate_sampling
 from generators.voxel.sample import VoxelGenerator, default_model_dir
 from generators.voxel.settings import VoxelSettings
-from generators.voxel.train import (
-    GeneratorSettings,
-    load_checkpoint,
-    load_voxel_data,
-    train_unet,
-    train_vae,
-)
+from generators.voxel.train_unet import train_unet
+from generators.voxel.train_vae import train_vae
+from generators.voxel.training_settings import GeneratorSettings
 
 N = 16
 

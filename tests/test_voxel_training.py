@@ -6,20 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from generators.splits import assign_deciles, decile_edges, split_indices
+from generators.voxel.checkpoints import build_unet, build_vae, load_checkpoint, slim_checkpoint
+from generators.voxel.data_cache import load_voxel_data
 from generators.voxel.settings import VoxelSettings
-from generators.voxel.train import (
-    GeneratorSettings,
-    assign_deciles,
-    build_unet,
-    build_vae,
-    decile_edges,
-    load_checkpoint,
-    load_voxel_data,
-    slim_checkpoint,
-    split_indices,
-    train_unet,
-    train_vae,
-)
+from generators.voxel.train_unet import train_unet
+from generators.voxel.train_vae import train_vae
+from generators.voxel.training_settings import GeneratorSettings
 
 N = 16
 

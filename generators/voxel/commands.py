@@ -25,13 +25,13 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _settings(**overrides):
-    from generators.voxel.train import GeneratorSettings
+    from generators.voxel.training_settings import GeneratorSettings
 
     return GeneratorSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _load(data: list[str], property_key: str, max_records: int | None):
-    from generators.voxel.train import load_voxel_data
+    from generators.voxel.data_cache import load_voxel_data
 
     try:
         return load_voxel_data(data, property_key=property_key, max_records=max_records)
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, help="no progress bar"),
     ) -> None:
         """Train the 3D UNet that turns a density map into species and occupancy."""
-        from generators.voxel.train import train_unet
+        from generators.voxel.train_unet import train_unet
 
         settings = _settings(
             unet_epochs=epochs,
@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, help="no progress bar"),
     ) -> None:
         """Train the conditional DFC-VAE (needs the trained UNet for the perceptual loss)."""
-        from generators.voxel.train import train_vae
+        from generators.voxel.train_vae import train_vae
 
         settings = _settings(
             vae_epochs=epochs,

@@ -19,13 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from generators.splits import assign_deciles
+from generators.voxel.checkpoints import save_checkpoint
+from generators.voxel.data_cache import VoxelData
+from generators.voxel.inputs import vae_input
 from generators.voxel.settings import VoxelSettings
-from generators.voxel.train import (
-    VoxelData,
-    assign_deciles,
-    save_checkpoint,
-    vae_input,
-)
 from generators.voxel.vae import one_hot_decile
 
 TUNED_FIELDS = ("marker_smoothing_voxels", "min_region_voxels")

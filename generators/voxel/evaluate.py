@@ -255,7 +255,7 @@ def run_evaluation(
 
     from generators.data import load_source, select_cubic
     from generators.voxel.decode_tuning import TUNED_FIELDS
-    from generators.voxel.train import setup_threads
+    from generators.voxel.devices import setup_threads
 
     console = Console(quiet=quiet)
     setup_threads(threads)

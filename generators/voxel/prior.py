@@ -16,14 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from generators.voxel.train import (
-    VoxelData,
-    assign_deciles,
-    build_vae,
-    load_checkpoint,
-    save_checkpoint,
-    vae_input,
-)
+from generators.splits import assign_deciles
+from generators.voxel.checkpoints import build_vae, load_checkpoint, save_checkpoint
+from generators.voxel.data_cache import VoxelData
+from generators.voxel.inputs import vae_input
 from generators.voxel.vae import one_hot_decile
 
 

@@ -1,5 +1,9 @@
 """The 24 proper rotations of the cube, as data augmentation of voxel grids.
 
+This is the one rotation table: the HDF5 dataset, the training loops (`rotate_batch`, model
+layout (B, C, n, n, n)) and the tests all index `ROTATIONS`, so rotation number r means the
+same rotation everywhere and a seed gives the same augmentation whichever path draws it.
+
 Voxel (i, j, k) sits at fractional position (i, j, k)/n, so a rotation R about the origin maps
 voxel index v to R v (mod n): an exact permutation of voxels, no interpolation. The same R
 rotates a structure's fractional coordinates, so `encode(rotate_structure(s, R))` equals
@@ -52,6 +56,27 @@ def rotate_array(array, rotation: int):
 
         i, j, k = (torch.as_tensor(x, device=array.device) for x in (i, j, k))
     return array[i, j, k]
+
+
+def rotate_spatial(array, rotation: int):
+    """Rotate the last three (spatial) axes of a numpy array or torch tensor of shape
+    (..., n, n, n), the models' channels-first layout, by rotation number `rotation`."""
+    n = array.shape[-1]
+    i, j, k = _source_index(int(rotation), n)
+    if not isinstance(array, np.ndarray):
+        import torch
+
+        i, j, k = (torch.as_tensor(x, device=array.device) for x in (i, j, k))
+    return array[..., i, j, k]
+
+
+def rotate_batch(batch, rotations: np.ndarray):
+    """Rotate item b of a (B, ..., n, n, n) torch tensor by `rotations[b]` (all 0: unchanged)."""
+    if not np.any(rotations):
+        return batch
+    import torch
+
+    return torch.stack([rotate_spatial(batch[b], int(r)) for b, r in enumerate(rotations)])
 
 
 def rotate_lattice(lattice: np.ndarray, rotation: int) -> np.ndarray:

@@ -22,14 +22,10 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from generators.candidate import Candidate, Provenance
+from generators.splits import assign_deciles
+from generators.voxel.checkpoints import build_unet, build_vae, load_checkpoint
+from generators.voxel.inputs import vae_input
 from generators.voxel.settings import VoxelSettings
-from generators.voxel.train import (
-    assign_deciles,
-    build_unet,
-    build_vae,
-    load_checkpoint,
-    vae_input,
-)
 from generators.voxel.vae import one_hot_decile
 
 GENERATOR_NAME = "voxel-vae"
