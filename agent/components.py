@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Structure
 
-from agent.config import CampaignConfig, GeneratorConfig
+from agent.config import CampaignConfig, GeneratorConfig, VoxelOptions
 from agent.store import Store
 from generators.candidate import Candidate
 
@@ -66,12 +66,11 @@ class GeneratorSlot:
         if cfg.name == "voxel-vae":
             from generators.voxel.sample import VoxelGenerator
 
-            workers = int(cfg.options.get("workers", 1))
-            if workers < 1:
-                raise ComponentError("generator 'voxel-vae': options.workers must be >= 1")
-            prior = str(cfg.options.get("prior", "auto"))
+            voxel = VoxelOptions.model_validate(cfg.options)
             try:
-                return VoxelGenerator.load(cfg.checkpoint, workers=workers, prior=prior)
+                return VoxelGenerator.load(
+                    cfg.checkpoint, workers=voxel.workers, prior=voxel.prior, species=voxel.species
+                )
             except (FileNotFoundError, ValueError) as exc:
                 raise ComponentError(f"generator 'voxel-vae': {exc}") from exc
         if cfg.name == "dataset":

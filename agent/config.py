@@ -116,6 +116,22 @@ class FingerprintOptions(_Section):
         return value
 
 
+class VoxelOptions(_Section):
+    """``options`` of the voxel generator (generators.voxel)."""
+
+    workers: int = Field(1, ge=1, le=64, description="decoding worker processes")
+    prior: Literal["auto", "fitted", "standard"] = Field(
+        "auto",
+        description="latent prior of random samples: fitted (Gaussian over the training "
+        "posteriors), standard (the paper's N(0, I)); auto = fitted when the model has one",
+    )
+    species: Literal["vote", "charge-balanced"] = Field(
+        "charge-balanced",
+        description="how a decoded cell's elements are chosen: each site by its UNet vote, or "
+        "all sites together, the most probable charge-balanced (SMACT) assignment",
+    )
+
+
 GENERATOR_NAMES = ("voxel-vae", "fingerprint", "dataset")
 GENERATOR_ALIASES = {"voxel": "voxel-vae"}
 
@@ -156,16 +172,17 @@ class GeneratorConfig(_Section):
 
     @model_validator(mode="after")
     def _typed_options(self) -> GeneratorConfig:
-        if self.name == "fingerprint":
+        typed = {"fingerprint": FingerprintOptions, "voxel-vae": VoxelOptions}.get(self.name)
+        if typed is not None:
             try:
-                FingerprintOptions.model_validate(self.options)
+                typed.model_validate(self.options)
             except ValidationError as exc:
                 bad = "; ".join(
                     f"options.{'.'.join(str(p) for p in e['loc'])}: "
                     + ("unknown option" if e["type"] == "extra_forbidden" else e["msg"])
                     for e in exc.errors()
                 )
-                raise ValueError(f"generator 'fingerprint': {bad}") from None
+                raise ValueError(f"generator '{self.name}': {bad}") from None
         return self
 
     @model_validator(mode="after")

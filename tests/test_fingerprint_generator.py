@@ -290,5 +290,17 @@ def test_campaign_options_are_typed():
         CampaignConfig.from_dict(
             {"name": "fp", "generators": [{"name": "fingerprint", "options": {"temprature": 1}}]}
         )
+    voxel = CampaignConfig.from_dict(
+        {"name": "v", "generators": [{"name": "voxel", "options": {"species": "vote"}}]}
+    )
+    assert voxel.generators[0].options == {"species": "vote"}
+    with pytest.raises(ConfigError, match="options.wrokers: unknown option"):
+        CampaignConfig.from_dict(
+            {"name": "v", "generators": [{"name": "voxel", "options": {"wrokers": 2}}]}
+        )
+    with pytest.raises(ConfigError, match="options.species: Input should be"):
+        CampaignConfig.from_dict(
+            {"name": "v", "generators": [{"name": "voxel", "options": {"species": "majority"}}]}
+        )
     with pytest.raises(ConfigError, match="unknown generator 'fingerprints'"):
         CampaignConfig.from_dict({"name": "fp", "generators": [{"name": "fingerprints"}]})

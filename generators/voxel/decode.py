@@ -50,6 +50,7 @@ class Decoded:
     lattice: np.ndarray  # (3,) a, b, c recovered from the coordinate grid
     dropped_regions: int = 0  # regions smaller than min_region_voxels (noise)
     notes: list[str] = field(default_factory=list)
+    assignment: dict | None = None  # joint species assignment (generators.voxel.assign), if any
 
     @property
     def n_sites(self) -> int:

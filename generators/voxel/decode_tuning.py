@@ -62,7 +62,8 @@ def reconstructions(
         )
         cond = one_hot_decile(deciles[s : s + batch], generator.n_deciles).to(generator.device)
         mu, _ = generator.vae.encode(x.to(generator.device), cond)
-        species, confidence, _ = generator.segment(generator.vae.decode(mu, cond))
+        seg = generator.segment(generator.vae.decode(mu, cond))
+        species, confidence = seg.species, seg.confidence
         out += [(species[i], confidence[i], float(data.lattice[j])) for i, j in enumerate(idx)]
     return out
 

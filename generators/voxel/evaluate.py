@@ -78,7 +78,8 @@ def evaluate_reconstruction(
         sums["mse_density_voxel"] += float((recon[:, 0] - x[:, 0]).pow(2).mean(dim=(1, 2, 3)).sum())
         # UNet on the true density and on the reconstruction
         for name, grids in (("unet", x), ("pipeline", recon)):
-            species, confidence, coords = generator.segment(grids)
+            seg = generator.segment(grids)
+            species, coords = seg.species, seg.coords
             nz = true_species > 0
             sums[f"{name}_hit"] += float((species[nz] == true_species[nz]).sum())
             counts[f"{name}_nonzero"] += int(nz.sum())
@@ -92,7 +93,7 @@ def evaluate_reconstruction(
                 counts[f"{name}_class_{c}"] += int(of_class.sum())
             if name == "unet":  # the UNet-only crystals use the true coordinate grid
                 coords = (x[:, 1:] * generator.coord_scale).permute(0, 2, 3, 4, 1).numpy()
-            decoded = generator.map_decode(species, confidence, coords)
+            decoded = generator.map_decode(seg._replace(coords=coords))
             for rec, d in zip(chunk, decoded, strict=True):
                 pred, true = d.structure, rec.structure
                 row = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ from generators.voxel.settings import VoxelSettings
 from generators.voxel.vae import one_hot_decile
 
 GENERATOR_NAME = "voxel-vae"
+SPECIES_MODES = ("vote", "charge-balanced")
+TOP_K = 4  # classes per voxel kept for the joint assignment (generators.voxel.assign)
 
 
 def default_model_dir() -> Path:
@@ -45,6 +47,17 @@ class Generated:
     lattice: np.ndarray
     n_sites: int
     dropped_regions: int
+    assignment: dict[str, Any] | None = None  # joint species assignment, when one ran
+
+
+class Segmentation(NamedTuple):
+    """UNet output of a batch: Z and confidence per voxel, coordinates, and with a joint
+    species assignment the top classes (Z) and probabilities of every voxel."""
+
+    species: np.ndarray
+    confidence: np.ndarray
+    coords: np.ndarray
+    top: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class VoxelGenerator:
@@ -60,6 +73,7 @@ class VoxelGenerator:
         region_vote: bool = True,
         workers: int = 1,
         prior: str = "auto",
+        species: str = "charge-balanced",
     ):
         if vae_state.get("unet_version") not in (None, unet_state["model_version"]):
             # Allowed (a UNet can be retrained), but the pairing is worth knowing.
@@ -95,6 +109,11 @@ class VoxelGenerator:
             )
         self.batch_size = batch_size
         self.region_vote = region_vote
+        if species not in SPECIES_MODES:
+            raise ValueError(f"species must be one of {SPECIES_MODES}, got {species!r}")
+        if species == "charge-balanced" and not region_vote:
+            raise ValueError("species='charge-balanced' assigns per region: it needs region_vote")
+        self.species = species
         self.latent_prior = vae_state.get("latent_prior")
         if prior not in ("auto", "standard", "fitted"):
             raise ValueError(f"prior must be 'auto', 'standard' or 'fitted', got {prior!r}")
@@ -194,29 +213,42 @@ class VoxelGenerator:
         return self.vae.encode(x.to(self.device), cond)
 
     @torch.no_grad()
-    def segment(self, grids: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """UNet on (B,4,n,n,n) grids -> species Z, confidence, coordinates (B,n,n,n,3) in A."""
-        labels, confidence = self.unet.predict(grids[:, :1].to(self.device))
+    def segment(self, grids: torch.Tensor) -> Segmentation:
+        """UNet on (B,4,n,n,n) grids -> species Z, confidence, coordinates (B,n,n,n,3) in A,
+        and the top classes per voxel when species are assigned jointly."""
+        density = grids[:, :1].to(self.device)
+        top = None
+        if self.species == "charge-balanced":
+            labels, confidence, (classes, weights) = self.unet.predict(density, top_k=TOP_K)
+            top = (self.elements[classes.long().cpu().numpy()], weights.float().cpu().numpy())
+        else:
+            labels, confidence = self.unet.predict(density)
         species = self.elements[labels.cpu().numpy()]
         coords = (grids[:, 1:] * self.coord_scale).permute(0, 2, 3, 4, 1).cpu().numpy()
-        return species, confidence.cpu().numpy(), coords
+        return Segmentation(species, confidence.cpu().numpy(), coords, top)
 
     def decode_grids(self, grids: torch.Tensor) -> list[Generated]:
         """Segment and decode generated grids into crystals (one per grid)."""
-        return [f.result() for f in self._submit(decode_generated, *self.segment(grids))]
+        return [f.result() for f in self._submit(decode_generated, self.segment(grids))]
 
-    def map_decode(
-        self, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray
-    ) -> list[Any]:
+    def map_decode(self, segmentation: Segmentation) -> list[Any]:
         """`decode_voxels` over a batch (B,n,n,n), in the worker pool when there is one."""
-        return [f.result() for f in self._submit(decode_voxels, species, confidence, coords)]
+        return [f.result() for f in self._submit(decode_voxels, segmentation)]
 
-    def _submit(self, fn, species: np.ndarray, confidence: np.ndarray, coords: np.ndarray):
+    def _submit(self, fn, segmentation: Segmentation):
         """Futures of fn(one grid's UNet output), from the worker pool or computed inline."""
         pool = self._decoding_pool()
         futures: list[Future] = []
-        for s, p, c in zip(species, confidence, coords, strict=True):
-            args = (s.astype(np.int16), p, _cubic_length(c), self.voxel_settings, self.region_vote)
+        species, confidence, coords, top = segmentation
+        for i, (s, p, c) in enumerate(zip(species, confidence, coords, strict=True)):
+            args = (
+                s.astype(np.int16),
+                p,
+                _cubic_length(c),
+                self.voxel_settings,
+                self.region_vote,
+                None if top is None else (top[0][i], top[1][i]),
+            )
             if pool is None:
                 future: Future = Future()
                 future.set_result(fn(*args))
@@ -260,7 +292,7 @@ class VoxelGenerator:
                 condition[start : start + self.batch_size].to(self.device),
             )
             grids.append(g.cpu())
-            futures.extend(self._submit(decode_generated, *self.segment(g)))
+            futures.extend(self._submit(decode_generated, self.segment(g)))
         return [f.result() for f in futures], torch.cat(grids) if grids else torch.empty(0)
 
     def _candidate(
@@ -296,7 +328,9 @@ class VoxelGenerator:
                     "too_close": len(gen.too_close),
                     "dropped_regions": gen.dropped_regions,
                     "lattice": [float(x) for x in gen.lattice],
+                    "species": self.species,
                 }
+                | ({"assignment": gen.assignment} if gen.assignment else {})
                 | (extra or {}),
             ),
             validity={"decoded": decoded, "min_distance": bool(ok)},
@@ -475,13 +509,16 @@ def decode_voxels(
     length: float,
     settings: VoxelSettings,
     region_vote: bool = True,
+    top: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """UNet output of one grid (species Z, confidence) and its cubic cell length -> `Decoded`.
 
     With `region_vote`, the grid is cleaned (`VoxelSettings.denoise`), segmented once on
-    occupancy, and each region takes its voted species.
+    occupancy, and each region takes its voted species. With `top` (the UNet's k best classes
+    and probabilities per voxel), the regions' species are instead chosen together: the most
+    probable charge-balanced assignment (`generators.voxel.assign`), recorded in the notes.
     """
-    from generators.voxel.decode import decode, denoise_species
+    from generators.voxel.decode import _absorb_small_regions, decode, denoise_species
     from generators.voxel.encode import coordinate_grid
 
     coords = coordinate_grid([length] * 3, species.shape[0])
@@ -491,7 +528,50 @@ def decode_voxels(
     if settings.denoise:
         species = denoise_species(species)
     voted, labels, count = vote_regions(species, confidence, settings)
-    return decode(voted, coords, settings, probabilities=confidence, regions=(labels, count))
+    assignment = None
+    if top is not None and count:
+        # the regions decode() would keep, so the balance is that of the decoded cell
+        labels, count, _ = _absorb_small_regions(labels, count, settings.min_region_voxels)
+        voted, assignment = _assign_regions(voted, labels, count, top)
+    decoded = decode(voted, coords, settings, probabilities=confidence, regions=(labels, count))
+    if assignment is not None:
+        decoded.notes.append(
+            f"species assignment: balanced={assignment.balanced} "
+            f"log_prob_lost={assignment.log_prob_lost:.3f} tried={assignment.tried}"
+        )
+        decoded.assignment = {
+            "balanced": assignment.balanced,
+            "log_prob_lost": round(assignment.log_prob_lost, 4),
+            "tried": assignment.tried,
+        }
+    return decoded
+
+
+def _assign_regions(
+    voted: np.ndarray, labels: np.ndarray, count: int, top: tuple[np.ndarray, np.ndarray]
+):
+    """Each region's vote as a distribution over elements (summed top-k probabilities of its
+    voxels), then one joint charge-balanced choice for all regions."""
+    from generators.voxel.assign import assign_species
+
+    top_z, top_p = top
+    occupied = labels > 0
+    lab = labels[occupied] - 1
+    z = top_z[occupied].astype(np.int64)  # (N, k)
+    p = top_p[occupied].astype(np.float64)
+    elements = np.unique(z[z > 0])
+    if elements.size == 0 or count == 0:
+        return voted, None
+    votes = np.zeros((count, elements.size))
+    valid = z > 0
+    column = np.searchsorted(elements, np.where(valid, z, elements[0]))
+    np.add.at(votes, (np.broadcast_to(lab[:, None], z.shape)[valid], column[valid]), p[valid])
+    totals = votes.sum(axis=1, keepdims=True)
+    probabilities = np.divide(votes, totals, out=np.zeros_like(votes), where=totals > 0)
+    assignment = assign_species(probabilities, elements)
+    out = np.zeros_like(voted)
+    out[occupied] = np.asarray(assignment.z, dtype=voted.dtype)[lab]
+    return out, assignment
 
 
 def decode_generated(
@@ -500,7 +580,15 @@ def decode_generated(
     length: float,
     settings: VoxelSettings,
     region_vote: bool = True,
+    top: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Generated:
     """`decode_voxels` reduced to what a candidate needs (runs in decoding workers)."""
-    d = decode_voxels(species, confidence, length, settings, region_vote)
-    return Generated(d.structure, d.too_close, d.lattice, d.n_sites, d.dropped_regions)
+    d = decode_voxels(species, confidence, length, settings, region_vote, top)
+    return Generated(
+        d.structure,
+        d.too_close,
+        d.lattice,
+        d.n_sites,
+        d.dropped_regions,
+        d.assignment,
+    )

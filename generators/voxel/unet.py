@@ -146,11 +146,15 @@ class UNet3D(nn.Module):
         return x, hidden
 
     @torch.no_grad()
-    def predict(self, density: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self, density: torch.Tensor, top_k: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, tuple]:
         """Class index per voxel (0 = empty) and the per-voxel probability of the chosen class.
 
         Occupancy decides empty vs atom; among atoms the empty logit is excluded, because the
-        species head is trained with zero weight on empty voxels.
+        species head is trained with zero weight on empty voxels. With `top_k`, also the k most
+        probable classes of every occupied voxel and their probabilities ((B,n,n,n,k) int16 /
+        float16, zero where empty), which a joint assignment of a cell's species needs.
         """
         x, _ = self._trunk(density)
         weight, bias = self.head.weight.flatten(1), self.head.bias  # (C+1, F), (C+1,)
@@ -160,13 +164,22 @@ class UNet3D(nn.Module):
         # voxels are empty (this is where sampling spent half its UNet time)
         feats = x.movedim(1, -1)[occupied]  # (N_occupied, F)
         logits = feats @ weight[1:-1].T + bias[1:-1]  # non-empty classes only
-        p_best, idx = torch.softmax(logits, dim=1).max(dim=1)
+        probs = torch.softmax(logits, dim=1)
+        p_best, idx = probs.max(dim=1)
         labels = torch.zeros(occupied.shape, dtype=torch.long, device=x.device)
         labels[occupied] = idx + 1
         p_occ = torch.sigmoid(occupancy_logit)
         confidence = 1 - p_occ
         confidence[occupied] = p_best * p_occ[occupied]
-        return labels, confidence
+        if top_k <= 0:
+            return labels, confidence
+        k = min(top_k, probs.shape[1])
+        top_p, top_idx = probs.topk(k, dim=1)
+        classes = torch.zeros((*occupied.shape, k), dtype=torch.int16, device=x.device)
+        weights = torch.zeros((*occupied.shape, k), dtype=torch.float16, device=x.device)
+        classes[occupied] = (top_idx + 1).to(torch.int16)
+        weights[occupied] = top_p.to(torch.float16)
+        return labels, confidence, (classes, weights)
 
 
 def periodic_max(x: torch.Tensor, k: int) -> torch.Tensor:
