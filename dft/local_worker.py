@@ -26,6 +26,7 @@ def main(root: str, candidate_id: str) -> int:
     )
     if not isinstance(flow, Flow):
         flow = Flow(flow)
+    listed_order(flow)
     store = local_jobstore(root_p)
     error = ""
     try:
@@ -50,6 +51,30 @@ def main(root: str, candidate_id: str) -> int:
             rec["finished_at"] = time.time()
             write_record(root_p, rec)
     return 1 if error else 0
+
+
+def listed_order(flow) -> bool:
+    """Run a flow's jobs in the order it lists them, where that order respects every data
+    dependency; returns whether it does.
+
+    A worker runs one flow's jobs one after another anyway. jobflow's automatic order runs all
+    root jobs first, and in a candidate's flow the roots are the elemental references, which
+    the other workers need too: each worker then queued behind the others on the references'
+    lock before starting its own relaxation. `relax_candidate` lists the relaxation first, so
+    the workers relax side by side and the references are done by whichever gets there first.
+    """
+    from jobflow import JobOrder
+
+    if flow.order != JobOrder.AUTO:
+        return False
+    position = {job.uuid: i for i, job in enumerate(flow.jobs)}
+    if len(position) != len(flow.jobs):
+        return False
+    for parent, child in flow.graph.edges():
+        if parent in position and child in position and position[parent] >= position[child]:
+            return False
+    flow.order = JobOrder.LINEAR
+    return True
 
 
 def _pid() -> int:

@@ -322,3 +322,30 @@ def test_a_reference_locked_elsewhere_computes_its_siblings_first(dft_env: Path)
     held.close()
     job.join(timeout=120)
     assert out["doc"].element == "Al" and out["doc"].source == "computed"
+
+
+def test_a_worker_relaxes_before_computing_shared_references() -> None:
+    """jobflow's automatic order would run the references (the flow's roots) first, so every
+    worker queued on the others' reference locks before its own relaxation."""
+    from jobflow import Flow, JobOrder, job
+    from jobflow.utils.graph import itergraph
+
+    from dft.local_worker import listed_order
+
+    flow = relax_candidate(si(), "si-1", prerelax=False, settings_overrides=FAST)
+
+    def labels(f: Flow) -> list[str]:
+        return [f.graph.nodes[n]["label"] for n in itergraph(f.graph)]
+
+    assert labels(flow).index("reference Si") < labels(flow).index("qe relax")
+    assert listed_order(flow) and flow.order == JobOrder.LINEAR
+    assert labels(flow) == ["symmetrize", "qe relax", "reference Si", "formation energy"]
+
+    @job
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    first = add(1, 2)
+    second = add(first.output, 3)
+    backwards = Flow([second, first])  # listed against its dependency: keep jobflow's order
+    assert not listed_order(backwards) and backwards.order == JobOrder.AUTO
