@@ -212,3 +212,46 @@ def test_run_and_watch_show_the_running_pw_x_step_and_energy(
     assert not re.search(r"\w+\.py:\d+", run.text())  # no source-file tags on log lines
     assert re.search(r"selected Si \(score -?\d+\.\d{3}\)", run.text())  # rounded
     assert "live-test  (cycle 1, completed)" in watch.text()
+
+
+@pytest.mark.dft
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x not installed (make qe)")
+def test_the_demo_campaign_shows_its_running_relaxation(
+    tmp_path, crystalloop_home, matminer_dir, monkeypatch
+):
+    """The main job's own file (examples/perovskite-demo.yaml: its generators, filters, policy
+    and seed) on a pseudo-terminal, with only its cost cut to a test's: one relaxation at a low
+    cutoff, no retraining. The generated crystal's pw.x step and energy appear while it runs."""
+    from dft.pseudos import install
+    from dft.settings import DFTSettings
+
+    pseudos = install("pseudodojo-pbe-standard", DFTSettings(pseudo_dir=None))
+    monkeypatch.setenv("CRYSTALLOOP_DFT_PSEUDO_DIR", str(pseudos))
+    demo = Path(__file__).resolve().parents[1] / "examples" / "perovskite-demo.yaml"
+    config = yaml.safe_load(demo.read_text())
+    config["filters"]["known_sources"] = [
+        str(matminer_dir / f"{name}.csv.gz")
+        for name in ("flla_2015", "elastic_tensor", "dielectric_constant")
+    ]
+    config["dft"] |= {"ecutwfc": 30, "kpoint_density": 100, "max_seconds": 600}
+    config["budgets"] = {"max_dft_calculations": 1}
+    config["retraining"] = {"enabled": False}
+    config["stopping"] = {"max_cycles": 1}
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    run = PtyProcess([sys.executable, "-m", "agent.cli", "run", str(path)], dict(os.environ))
+    assert run.wait(timeout=900) == 0, run.text()[-3000:]
+    text = run.text()
+    from agent.store import Store
+
+    with Store.connect() as store:
+        (doc,) = store.find_candidates(config["name"], "completed")
+    assert doc["provenance"]["generator"] in ("fingerprint", "voxel-vae")
+    job_line = re.compile(
+        rf"^{doc['_id'][:8]}\s+\S+\s+ionic (\d+) · SCF (\d+)\s+(-\d+\.\d{{3}})\s", re.M
+    )
+    seen = job_line.findall(text[: text.index("DFT done")])
+    assert seen, text[-3000:]  # the relaxation's step and energy before its result came in
+    assert all(float(e) < 0 for _, _, e in seen)
