@@ -105,7 +105,7 @@ def reconstruct(which: str, limit: int | None) -> None:
     _report(f"reconstruct_{which}", payload)
 
 
-def sample(per_decile: int, workers: int) -> None:
+def sample(per_decile: int, workers: int, temperature: float = 1.0) -> None:
     from scipy.stats import spearmanr
 
     from generators.data import load_source, select_cubic
@@ -113,7 +113,7 @@ def sample(per_decile: int, workers: int) -> None:
     from generators.fingerprint.sample import FingerprintGenerator
     from policies.surrogate import load_default
 
-    gen = FingerprintGenerator.load()
+    gen = FingerprintGenerator.load(composition_temperature=temperature)
     records, _ = load_source(str(PEROV))
     held, train, _ = split_records(gen, records, str(PEROV))
     # the model's whole training set: novelty is against every crystal it learnt, and the
@@ -143,13 +143,14 @@ def sample(per_decile: int, workers: int) -> None:
         "training": f"{len(train) - len(mp_train)} perov_5 + {len(mp_train)} cubic MP crystals "
         "(the model's training set: novelty and the coverage ceiling)",
         "avoid_training_formulas": gen.avoid_training,
+        "composition_temperature": gen.temperature,
         **figures,
         "spearman_decile_vs_predicted_ef": float(rho),
         "mean_predicted_ef_per_decile_mp_scale": by_decile,
         "mean_sites": float(np.mean(sites)) if sites else None,
         "inversion": gen.inversion.model_dump(),
     }
-    _report("sample", payload)
+    _report("sample" if temperature == 1.0 else f"sample_t{temperature:g}", payload)
 
 
 def throughput(per_decile: int) -> None:
@@ -187,13 +188,20 @@ def main() -> None:
     parser.add_argument("--per-decile", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="CrystalNN processes")
+    parser.add_argument(
+        "--composition-temperature",
+        type=float,
+        default=1.0,
+        help="sample: softmax temperature of the composition heads (results in "
+        "fingerprint_sample_t<T>.json when not 1)",
+    )
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.phase == "sample":
-        sample(args.per_decile, args.workers)
+        sample(args.per_decile, args.workers, args.composition_temperature)
     elif args.phase == "throughput":
         throughput(args.per_decile)
     else:
