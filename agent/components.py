@@ -33,8 +33,9 @@ class GeneratorSlot:
         self.config = config
         self.campaign_elements = campaign_elements
         self._impl: Any = None
+        self.version = "configured"  # or the campaign's fine-tuned version once deployed
 
-    def _build(self) -> Any:
+    def _build(self, state: dict | None = None) -> Any:
         cfg = self.config
         if cfg.name == "fingerprint":
             from agent.config import FingerprintOptions
@@ -52,8 +53,7 @@ class GeneratorSlot:
                 | (FREE_SITES if opts.refine_sites else {})
             )
             try:
-                return FingerprintGenerator.load(
-                    cfg.checkpoint,
+                options = dict(
                     inversion=inversion,
                     elements=opts.elements or self.campaign_elements,
                     composition_temperature=opts.composition_temperature,
@@ -61,6 +61,9 @@ class GeneratorSlot:
                     max_sites=opts.max_sites,
                     avoid_training_formulas=opts.avoid_training_formulas,
                 )
+                if state is not None:  # a version fine-tuned on the campaign's DFT results
+                    return FingerprintGenerator(state, **options)
+                return FingerprintGenerator.load(cfg.checkpoint, **options)
             except (FileNotFoundError, ValueError) as exc:
                 raise ComponentError(f"generator 'fingerprint': {exc}") from exc
         if cfg.name == "voxel-vae":
@@ -187,6 +190,21 @@ class Components:
         for i, slot in enumerate(self.generators):
             out += slot.sample(seed * 7 + i)
         return out
+
+    def refresh_generators(self, store: Store, campaign: str) -> None:
+        """Use the campaign's deployed fine-tuned fingerprint generator, once there is one."""
+        from agent.generator_retrain import KIND
+
+        doc = store.deployed_model(campaign, KIND)
+        if not doc or not doc.get("weights_id"):
+            return
+        for slot in self.generators:
+            if slot.config.name == "fingerprint" and slot.version != doc["version"]:
+                from agent.generator_retrain import load_generator_state
+
+                state, version = load_generator_state(store, campaign, slot.config.checkpoint)
+                slot._impl = slot._build(state)
+                slot.version = version
 
     # -- surrogate -----------------------------------------------------------------------
     def refresh_surrogate(self, store: Store, campaign: str) -> str:

@@ -333,6 +333,17 @@ class Retraining(_Section, GateSettings):
     anchor_size: int = Field(
         200, ge=0, description="held-out original crystals every version is judged on (0 = none)"
     )
+    generators: bool = Field(
+        True,
+        description="also fine-tune the campaign's fingerprint generator on the DFT-relaxed "
+        "crystals (cubic ones; gated on its own held-out reconstruction, "
+        "generators.fingerprint.finetune); false = the surrogate alone",
+    )
+    generator_sources: list[str] | None = Field(
+        None,
+        description="where the generator's training data is, for replay (as many sources as "
+        "it was trained on, same order); null = the paths stored in its checkpoint",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -195,6 +195,9 @@ class CampaignRunner:
     def phase_generate(self, cycle: int) -> str:
         stats = CycleStats(cycle)
         seed = self.config.seed * 100_003 + cycle
+        # models a retraining deployed since the last cycle
+        self.components.refresh_surrogate(self.store, self.name)
+        self.components.refresh_generators(self.store, self.name)
         candidates = self.components.generate(seed)
         # a sample the generator could not turn into a crystal (e.g. an empty voxel grid) has
         # no sites: nothing to screen or compute, so it is counted, not stored

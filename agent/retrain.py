@@ -1,4 +1,5 @@
-"""Fine-tuning the surrogate on a campaign's DFT results, behind a validation gate.
+"""Fine-tuning the surrogate (and then the fingerprint generator, `agent.generator_retrain`) on
+a campaign's DFT results, behind validation gates.
 
 Retraining runs in its own process (`python -m agent.retrain`) so that the daemon keeps
 harvesting finished calculations meanwhile, and so that a daemon killed mid-training leaves a
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from agent.config import CampaignConfig
+from agent.generator_retrain import KIND as GENERATOR_KIND
+from agent.generator_retrain import describe_generator, retrain_generator
 from agent.store import Store, crystalloop_home
 from agent.store.lock import pid_alive
 from policies.finetune import Labelled
@@ -192,9 +195,19 @@ def retrain(
         deployed=deploy,
         heads={h: {"passed": v.passed, "reason": v.reason} for h, v in verdicts.items()},
     )
+    generator = retrain_generator(
+        store, campaign, version, data, CampaignConfig.model_validate(doc["config"])
+    )
+    if generator is not None:  # one document tells what this retraining did to every model
+        gen_doc = store.get_model(f"{campaign}:{GENERATOR_KIND}:{version}") or {}
+        store.update_model(
+            f"{campaign}:{KIND}:{version}",
+            generator={k: v for k, v in gen_doc.items() if k not in ("_id", "created_at")},
+        )
     return {
         "version": version,
         "deployed": deploy,
+        "generator": generator,
         "heads": {h: v.to_dict() for h, v in verdicts.items()},
         "campaign_results": len(data),
         "replay": n_replay,
@@ -229,6 +242,8 @@ def describe(doc: dict) -> list[str]:
             f"  {head} MAE, deployed -> new: campaign CV {fmt(v['campaign_old'])} -> "
             f"{fmt(v['campaign_new'])}{anchor} eV/atom: {v.get('reason', '')}"
         )
+    if doc.get("generator"):
+        lines += describe_generator(doc["generator"])
     if doc.get("error"):
         lines.append(f"  failed: {doc['error']}")
     return lines

@@ -63,7 +63,13 @@ def _digest(specs: list[str], settings: FingerprintSettings, max_sites: int) -> 
     h = hashlib.sha256()
     for spec in specs:
         path = Path(spec)
-        h.update(path.read_bytes() if path.is_file() else spec.encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+        elif path.is_dir():  # a CIF folder (e.g. a campaign's results) changes as it grows
+            for member in sorted(p for p in path.iterdir() if p.is_file()):
+                h.update(member.name.encode() + member.read_bytes())
+        else:
+            h.update(spec.encode())
     h.update(settings.model_dump_json().encode())
     h.update(str(max_sites).encode())
     return h.hexdigest()[:16]

@@ -98,6 +98,29 @@ def _tensors(data: FingerprintData, elements: list[str], deciles: np.ndarray, ma
     )
 
 
+def evaluate_rows(model: FingerprintVAE, tensors, rows, settings) -> dict[str, float]:
+    """Loss parts, element accuracy and exact-composition rate of `rows` (validation, or a
+    fine-tune's new crystals); `tensors` = (standardised x, elements, counts, deciles)."""
+    xs, el, ct, dec = tensors
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        o = model(xs[rows], model.condition(dec[rows]), model.composition(el[rows], ct[rows]))
+        _, parts = vae_loss(
+            o, xs[rows], el[rows], ct[rows], settings.beta, settings.composition_weight
+        )
+        occupied = el[rows] >= 0
+        el_hit = o["element_logits"].argmax(-1) == el[rows]
+        ct_hit = (o["count_logits"].argmax(-1) == ct[rows]).all(1)
+        comp_ok = (el_hit | ~occupied).all(1) & ct_hit
+    model.train(was_training)
+    return parts | {
+        "element_accuracy": float(el_hit[occupied].float().mean()),
+        "counts_exact": float(ct_hit.float().mean()),
+        "composition_exact": float(comp_ok.float().mean()),
+    }
+
+
 def fit_prior(
     model: FingerprintVAE, x, composition, cond_deciles, n_deciles: int
 ) -> dict[str, Any]:
@@ -213,23 +236,7 @@ def train(
     started = last_save = time.monotonic()
 
     def evaluate(rows: np.ndarray) -> dict[str, float]:
-        model.eval()
-        with torch.no_grad():
-            o = model(xs[rows], model.condition(dec[rows]), model.composition(el[rows], ct[rows]))
-            _, parts = vae_loss(
-                o, xs[rows], el[rows], ct[rows], settings.beta, settings.composition_weight
-            )
-            occupied = el[rows] >= 0
-            el_ok = (o["element_logits"].argmax(-1) == el[rows])[occupied].float().mean()
-            ct_ok = (o["count_logits"].argmax(-1) == ct[rows]).all(1).float().mean()
-            comp_ok = ((o["element_logits"].argmax(-1) == el[rows]) | ~occupied).all(1)
-            comp_ok = (comp_ok & (o["count_logits"].argmax(-1) == ct[rows]).all(1)).float().mean()
-        model.train()
-        return parts | {
-            "element_accuracy": float(el_ok),
-            "counts_exact": float(ct_ok),
-            "composition_exact": float(comp_ok),
-        }
+        return evaluate_rows(model, (xs, el, ct, dec), rows, settings)
 
     def payload(final: bool) -> dict[str, Any]:
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
