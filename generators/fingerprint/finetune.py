@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,17 @@ def _concat(a: FingerprintData, b: FingerprintData, source_index: int) -> Finger
     )
 
 
+def _locate(spec: str) -> str:
+    """A training source as the checkpoint names it: relative paths were written from the
+    repository root, where `crystalloop train fingerprint` ran, so they are looked up from the
+    working directory and then from the root (a daemon may run anywhere)."""
+    path = Path(spec)
+    if spec.startswith("matminer:") or path.is_absolute() or path.exists():
+        return spec
+    beside_repo = Path(__file__).resolve().parents[2] / path
+    return str(beside_repo) if beside_repo.exists() else spec
+
+
 def _formula(names: list[str], counts: np.ndarray) -> str:
     from pymatgen.core import Composition
 
@@ -122,7 +134,7 @@ def fine_tune(
     settings = settings or GeneratorFineTuneSettings()
     train_settings = TrainSettings(**state["train_settings"])
     fp_settings = FingerprintSettings(**state["fingerprint_settings"])
-    sources = list(sources or state["sources"])
+    sources = list(sources or [_locate(spec) for spec in state["sources"]])
     if len(sources) != len(state["sources"]):
         raise ValueError(f"give the {len(state['sources'])} training sources, got {sources}")
     old = load_fingerprint_data(sources, fp_settings, train_settings.max_sites)
