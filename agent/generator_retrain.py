@@ -41,13 +41,24 @@ def load_generator_state(store: Store, campaign: str, checkpoint: str | None) ->
     return state, "configured" if checkpoint else "shipped-default"
 
 
+def conventional(structure: Any, symprec: float = 0.1) -> Any:
+    """The conventional standard cell: a relaxed cubic crystal is often stored as its
+    primitive (rhombohedral-looking) cell, which the cubic-only fingerprint would refuse."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        return SpacegroupAnalyzer(structure, symprec=symprec).get_conventional_standard_structure()
+    except Exception:  # noqa: BLE001 - spglib fails on some cells; keep the cell as relaxed
+        return structure
+
+
 def _write_results(folder: Path, structures, energies, ids) -> None:
     with (folder / "properties.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", "formation_energy_per_atom"])
         for structure, energy, ident in zip(structures, energies, ids, strict=True):
             name = f"{ident}.cif"
-            structure.to(filename=str(folder / name))
+            conventional(structure).to(filename=str(folder / name))
             writer.writerow([name, float(energy)])
 
 

@@ -165,6 +165,15 @@ def retrain(
     )
     deploy = all(v.passed for v in verdicts.values())
 
+    # the generator first: the surrogate's verdict ends the retraining the daemon waits for
+    generator = retrain_generator(
+        store, campaign, version, data, CampaignConfig.model_validate(doc["config"])
+    )
+    gen_doc = {}
+    if generator is not None:  # one document tells what this retraining did to every model
+        gen_doc = store.get_model(f"{campaign}:{GENERATOR_KIND}:{version}") or {}
+        gen_doc = {k: v for k, v in gen_doc.items() if k not in ("_id", "created_at")}
+
     buffer = io.BytesIO()
     torch.save(new.state(), buffer)
     weights_id = store.put_model_weights(buffer.getvalue(), filename=f"{version}.pt")
@@ -187,6 +196,7 @@ def retrain(
             "ids": list(anchor.ids) if anchor else [],
         },
         folds=min(cfg.folds, len(data)),
+        **({"generator": gen_doc} if gen_doc else {}),
     )
     store.log_event(
         campaign,
@@ -195,15 +205,6 @@ def retrain(
         deployed=deploy,
         heads={h: {"passed": v.passed, "reason": v.reason} for h, v in verdicts.items()},
     )
-    generator = retrain_generator(
-        store, campaign, version, data, CampaignConfig.model_validate(doc["config"])
-    )
-    if generator is not None:  # one document tells what this retraining did to every model
-        gen_doc = store.get_model(f"{campaign}:{GENERATOR_KIND}:{version}") or {}
-        store.update_model(
-            f"{campaign}:{KIND}:{version}",
-            generator={k: v for k, v in gen_doc.items() if k not in ("_id", "created_at")},
-        )
     return {
         "version": version,
         "deployed": deploy,

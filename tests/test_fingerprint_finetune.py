@@ -110,7 +110,8 @@ def test_results_the_descriptor_cannot_use_are_counted(shipped, home, tmp_path, 
     (folder / "properties.csv").write_text("file,formation_energy_per_atom\na.cif,-1.0\n")
     result = fine_tune(shipped.state, str(folder), _sources(shipped.state, shared_data))
     assert not result.deployed and result.used == 0
-    assert "cubic" in result.reason
+    assert result.reason == "none of the 1 result(s) is a cubic cell (the fingerprint needs one)"
+    assert result.skipped == {"not cubic": 1}
 
 
 def test_campaign_retraining_deploys_the_generator_and_the_daemon_loads_it(

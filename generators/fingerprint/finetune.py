@@ -141,7 +141,9 @@ def fine_tune(
     try:
         new = load_fingerprint_data([new_source], fp_settings, train_settings.max_sites)
     except ValueError:
-        return GeneratorFineTune(False, "no result is a cubic cell the descriptor accepts", 0)
+        n = len(list(Path(new_source).glob("*.cif"))) if Path(new_source).is_dir() else 0
+        reason = f"none of the {n} result(s) is a cubic cell (the fingerprint needs one)"
+        return GeneratorFineTune(False, reason, 0, {"not cubic": n})
     report = next(iter(new.report.values()))  # a cached copy may name the folder differently
     skipped = {k: v for k, v in report.items() if k.endswith("dropped")}
     skipped = {k: sum(v.values()) if isinstance(v, dict) else int(v) for k, v in skipped.items()}
