@@ -115,6 +115,11 @@ class GeneratorSlot:
             self._impl = self._build()
         return self._impl
 
+    def use(self, state: dict, version: str) -> None:
+        """Sample from `state` (a checkpoint fine-tuned on the campaign's results) from now on."""
+        self._impl = self._build(state)
+        self.version = version
+
     def sample(self, seed: int) -> list[Candidate]:
         cfg = self.config
         n = cfg.candidates_per_cycle
@@ -193,18 +198,15 @@ class Components:
 
     def refresh_generators(self, store: Store, campaign: str) -> None:
         """Use the campaign's deployed fine-tuned fingerprint generator, once there is one."""
-        from agent.generator_retrain import KIND
+        from agent.generator_retrain import KIND, load_generator_state
 
         doc = store.deployed_model(campaign, KIND)
         if not doc or not doc.get("weights_id"):
             return
         for slot in self.generators:
             if slot.config.name == "fingerprint" and slot.version != doc["version"]:
-                from agent.generator_retrain import load_generator_state
-
                 state, version = load_generator_state(store, campaign, slot.config.checkpoint)
-                slot._impl = slot._build(state)
-                slot.version = version
+                slot.use(state, version)
 
     # -- surrogate -----------------------------------------------------------------------
     def refresh_surrogate(self, store: Store, campaign: str) -> str:

@@ -66,7 +66,8 @@ def retrain_generator(
     store: Store, campaign: str, version: str, data: Any, config: CampaignConfig
 ) -> dict[str, Any] | None:
     """Fine-tune the campaign's fingerprint generator on `data` (the surrogate's
-    `Labelled` DFT results); None when the campaign has no fingerprint generator."""
+    `Labelled` DFT results) and record the verdict; returns what was recorded, or None when
+    the campaign has no fingerprint generator (or `retraining.generators` is off)."""
     from generators.fingerprint.finetune import fine_tune
 
     slots = [g for g in config.generators if g.name == "fingerprint"]
@@ -89,21 +90,30 @@ def retrain_generator(
         buffer = io.BytesIO()
         torch.save(result.state, buffer)
         weights_id = store.put_model_weights(buffer.getvalue(), filename=f"{KIND}-{version}.pt")
+    fields = {
+        "state": "deployed" if summary["deployed"] else "rejected",
+        "previous": previous,
+        "reason": summary["reason"],
+        "used": int(summary.get("used", 0)),
+        "skipped": summary.get("skipped", {}),
+        "model_version": summary.get("model_version"),
+    }
+    metrics = summary.get("metrics", {})
     store.register_model(
         campaign,
         version,
         kind=KIND,
-        training_size=int(summary.get("used", 0)),
-        holdout_metrics=summary.get("metrics", {}),
+        training_size=fields["used"],
+        holdout_metrics=metrics,
         weights_id=weights_id,
         deployed=summary["deployed"],
-        state="deployed" if summary["deployed"] else "rejected",
-        previous=previous,
-        reason=summary["reason"],
-        skipped=summary.get("skipped", {}),
-        model_version=summary.get("model_version"),
+        **fields,
     )
-    return summary
+    return fields | {
+        "version": version,
+        "deployed": summary["deployed"],
+        "holdout_metrics": metrics,
+    }
 
 
 def describe_generator(doc: dict) -> list[str]:
@@ -111,7 +121,7 @@ def describe_generator(doc: dict) -> list[str]:
     verdict = "deployed" if doc.get("state") == "deployed" else "refused"
     lines = [
         f"generator fingerprint {doc['version']}: {verdict} ({doc.get('reason', '')}); "
-        f"learnt {doc.get('training_size', 0)} DFT crystal(s)"
+        f"fine-tuned on {doc.get('used', 0)} DFT crystal(s)"
     ]
     skipped = {k: v for k, v in (doc.get("skipped") or {}).items() if v}
     if skipped:

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from agent.config import CampaignConfig
-from agent.generator_retrain import KIND as GENERATOR_KIND
 from agent.generator_retrain import describe_generator, retrain_generator
 from agent.store import Store, crystalloop_home
 from agent.store.lock import pid_alive
@@ -169,10 +168,6 @@ def retrain(
     generator = retrain_generator(
         store, campaign, version, data, CampaignConfig.model_validate(doc["config"])
     )
-    gen_doc = {}
-    if generator is not None:  # one document tells what this retraining did to every model
-        gen_doc = store.get_model(f"{campaign}:{GENERATOR_KIND}:{version}") or {}
-        gen_doc = {k: v for k, v in gen_doc.items() if k not in ("_id", "created_at")}
 
     buffer = io.BytesIO()
     torch.save(new.state(), buffer)
@@ -196,7 +191,8 @@ def retrain(
             "ids": list(anchor.ids) if anchor else [],
         },
         folds=min(cfg.folds, len(data)),
-        **({"generator": gen_doc} if gen_doc else {}),
+        # one document tells what this retraining did to every model
+        **({"generator": generator} if generator else {}),
     )
     store.log_event(
         campaign,

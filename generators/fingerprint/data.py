@@ -58,6 +58,28 @@ class FingerprintData:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, rows) -> FingerprintData:
+        rows = list(rows)
+        return FingerprintData(
+            self.fingerprints[rows],
+            self.counts[rows],
+            [self.elements[i] for i in rows],
+            self.lengths[rows],
+            self.frac[rows],
+            self.values[rows],
+            self.source[rows],
+            [self.ids[i] for i in rows],
+            self.sources,
+            self.report,
+        )
+
+    def formula(self, row: int) -> str:
+        """Reduced formula of a crystal, from its slot elements and counts."""
+        from pymatgen.core import Composition
+
+        counts = (int(c) for c in self.counts[row] if c)
+        return Composition(dict(zip(self.elements[row], counts, strict=True))).reduced_formula
+
 
 def _digest(specs: list[str], settings: FingerprintSettings, max_sites: int) -> str:
     h = hashlib.sha256()

@@ -79,15 +79,14 @@ class GeneratorFineTune:
 
 
 def _concat(a: FingerprintData, b: FingerprintData, source_index: int) -> FingerprintData:
-    """Rows of b appended to a, all of b counted as a's source `source_index`."""
-    frac = np.zeros((len(b), a.frac.shape[1], 3))
-    frac[:, : b.frac.shape[1]] = b.frac[:, : a.frac.shape[1]]
+    """Rows of b appended to a (both read with the same max_sites), all of b counted as a's
+    source `source_index`."""
     return FingerprintData(
         np.concatenate([a.fingerprints, b.fingerprints]),
         np.concatenate([a.counts, b.counts]),
         a.elements + b.elements,
         np.concatenate([a.lengths, b.lengths]),
-        np.concatenate([a.frac, frac]),
+        np.concatenate([a.frac, b.frac]),
         np.concatenate([a.values, b.values]),
         np.concatenate([a.source, np.full(len(b), source_index)]),
         a.ids + b.ids,
@@ -105,12 +104,6 @@ def _locate(spec: str) -> str:
         return spec
     beside_repo = Path(__file__).resolve().parents[2] / path
     return str(beside_repo) if beside_repo.exists() else spec
-
-
-def _formula(names: list[str], counts: np.ndarray) -> str:
-    from pymatgen.core import Composition
-
-    return Composition(dict(zip(names, (int(c) for c in counts if c), strict=True))).reduced_formula
 
 
 def _scale_source(state: dict[str, Any], scale: str) -> str:
@@ -140,7 +133,9 @@ def fine_tune(
     old = load_fingerprint_data(sources, fp_settings, train_settings.max_sites)
     try:
         new = load_fingerprint_data([new_source], fp_settings, train_settings.max_sites)
-    except ValueError:
+    except ValueError as exc:
+        if "no usable cubic crystals" not in str(exc):
+            raise
         n = len(list(Path(new_source).glob("*.cif"))) if Path(new_source).is_dir() else 0
         reason = f"none of the {n} result(s) is a cubic cell (the fingerprint needs one)"
         return GeneratorFineTune(False, reason, 0, {"not cubic": n})
@@ -157,37 +152,23 @@ def fine_tune(
         skipped["unknown element or no energy"] = len(new) - len(known)
     if not known:
         return GeneratorFineTune(False, "no usable result", 0, skipped)
-    new = FingerprintData(
-        new.fingerprints[known],
-        new.counts[known],
-        [new.elements[i] for i in known],
-        new.lengths[known],
-        new.frac[known],
-        new.values[known],
-        new.source[known],
-        [new.ids[i] for i in known],
-        new.sources,
-        new.report,
-    )
+    new = new.take(known)
 
     # deciles: stored edges per source; the new crystals' scale re-fitted with them included
     spec = _scale_source(state, scale)
-    stored_specs = list(state["decile_edges"])
-    data = _concat(old, new, stored_specs.index(spec))
+    data = _concat(old, new, state["sources"].index(spec))
     # the model's validation crystals never train; the gate judges those whose formula is not
     # being taught (a campaign may relax a crystal the model held out)
     val_ids = set(state["val_ids"])
-    taught = {
-        _formula(names, counts) for names, counts in zip(new.elements, new.counts, strict=True)
-    }
+    taught = {new.formula(i) for i in range(len(new))}
     all_val = np.array([i for i, ident in enumerate(data.ids) if ident in val_ids])
-    val_rows = np.array(
-        [i for i in all_val if _formula(data.elements[i], data.counts[i]) not in taught]
-    )
+    val_rows = np.array([i for i in all_val if data.formula(i) not in taught])
     new_rows = np.arange(len(old), len(data))
     edges = {k: list(v) for k, v in state["decile_edges"].items()}
     deciles = np.full(len(data), -1, dtype=np.int64)
-    for index, source_spec in enumerate(stored_specs):
+    for index, source_spec in enumerate(state["sources"]):
+        if source_spec not in edges:  # a source with too few energies trains unconditioned
+            continue
         rows = np.flatnonzero((data.source == index) & np.isfinite(data.values))
         if source_spec == spec:
             fit_rows = np.setdiff1d(rows, all_val)

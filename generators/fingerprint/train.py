@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from pymatgen.core import Composition
 
 from generators.fingerprint.data import (
     FingerprintData,
@@ -159,12 +158,7 @@ def templates(model, data: FingerprintData, rows, xs, composition, deciles) -> d
         "length": torch.as_tensor(data.lengths[rows], dtype=torch.float32),
         "ids": [data.ids[i] for i in rows],
         # reduced formulas: the sampler can tell a draw that re-makes a training compound
-        "formulas": [
-            Composition(
-                dict(zip(data.elements[i], (int(c) for c in data.counts[i] if c), strict=True))
-            ).reduced_formula
-            for i in rows
-        ],
+        "formulas": [data.formula(i) for i in rows],
     }
 
 

@@ -516,7 +516,7 @@ def decode_voxels(
     With `region_vote`, the grid is cleaned (`VoxelSettings.denoise`), segmented once on
     occupancy, and each region takes its voted species. With `top` (the UNet's k best classes
     and probabilities per voxel), the regions' species are instead chosen together: the most
-    probable charge-balanced assignment (`generators.voxel.assign`), recorded in the notes.
+    probable charge-balanced assignment (`generators.voxel.assign`), in `Decoded.assignment`.
     """
     from generators.voxel.decode import _absorb_small_regions, decode, denoise_species
     from generators.voxel.encode import coordinate_grid
@@ -535,10 +535,6 @@ def decode_voxels(
         voted, assignment = _assign_regions(voted, labels, count, top)
     decoded = decode(voted, coords, settings, probabilities=confidence, regions=(labels, count))
     if assignment is not None:
-        decoded.notes.append(
-            f"species assignment: balanced={assignment.balanced} "
-            f"log_prob_lost={assignment.log_prob_lost:.3f} tried={assignment.tried}"
-        )
         decoded.assignment = {
             "balanced": assignment.balanced,
             "log_prob_lost": round(assignment.log_prob_lost, 4),
@@ -560,7 +556,7 @@ def _assign_regions(
     z = top_z[occupied].astype(np.int64)  # (N, k)
     p = top_p[occupied].astype(np.float64)
     elements = np.unique(z[z > 0])
-    if elements.size == 0 or count == 0:
+    if elements.size == 0:
         return voted, None
     votes = np.zeros((count, elements.size))
     valid = z > 0
@@ -585,10 +581,5 @@ def decode_generated(
     """`decode_voxels` reduced to what a candidate needs (runs in decoding workers)."""
     d = decode_voxels(species, confidence, length, settings, region_vote, top)
     return Generated(
-        d.structure,
-        d.too_close,
-        d.lattice,
-        d.n_sites,
-        d.dropped_regions,
-        d.assignment,
+        d.structure, d.too_close, d.lattice, d.n_sites, d.dropped_regions, d.assignment
     )
