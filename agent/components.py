@@ -60,6 +60,7 @@ class GeneratorSlot:
                     warm_start=opts.warm_start,
                     max_sites=opts.max_sites,
                     avoid_training_formulas=opts.avoid_training_formulas,
+                    training_inventories=opts.training_inventories,
                 )
                 if state is not None:  # a version fine-tuned on the campaign's DFT results
                     return FingerprintGenerator(state, **options)
@@ -70,10 +71,15 @@ class GeneratorSlot:
             from generators.voxel.sample import VoxelGenerator
 
             voxel = VoxelOptions.model_validate(cfg.options)
+            options = dict(workers=voxel.workers, prior=voxel.prior, species=voxel.species)
             try:
-                return VoxelGenerator.load(
-                    cfg.checkpoint, workers=voxel.workers, prior=voxel.prior, species=voxel.species
-                )
+                if state is not None:  # a VAE fine-tuned on the campaign's DFT results
+                    from generators.voxel.checkpoints import load_checkpoint
+                    from generators.voxel.sample import checkpoint_paths
+
+                    unet = load_checkpoint(checkpoint_paths(cfg.checkpoint)[1], "unet")
+                    return VoxelGenerator(state, unet, **options)
+                return VoxelGenerator.load(cfg.checkpoint, **options)
             except (FileNotFoundError, ValueError) as exc:
                 raise ComponentError(f"generator 'voxel-vae': {exc}") from exc
         if cfg.name == "dataset":
@@ -197,16 +203,18 @@ class Components:
         return out
 
     def refresh_generators(self, store: Store, campaign: str) -> None:
-        """Use the campaign's deployed fine-tuned fingerprint generator, once there is one."""
-        from agent.generator_retrain import KIND, load_generator_state
+        """Use the campaign's deployed fine-tuned generators, once there are some."""
+        from agent.generator_retrain import KINDS, load_generator_state
 
-        doc = store.deployed_model(campaign, KIND)
-        if not doc or not doc.get("weights_id"):
-            return
         for slot in self.generators:
-            if slot.config.name == "fingerprint" and slot.version != doc["version"]:
-                state, version = load_generator_state(store, campaign, slot.config.checkpoint)
-                slot.use(state, version)
+            kind = KINDS.get(slot.config.name)
+            doc = store.deployed_model(campaign, kind) if kind else None
+            if not doc or not doc.get("weights_id") or slot.version == doc["version"]:
+                continue
+            state, version = load_generator_state(
+                store, campaign, slot.config.checkpoint, slot.config.name
+            )
+            slot.use(state, version)
 
     # -- surrogate -----------------------------------------------------------------------
     def refresh_surrogate(self, store: Store, campaign: str) -> str:

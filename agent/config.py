@@ -82,7 +82,17 @@ class FingerprintOptions(_Section):
         "(or any element the model knows when that is None too)",
     )
     composition_temperature: float = Field(
-        1.0, gt=0, le=10, description="softmax temperature of the composition heads"
+        0.7,
+        gt=0,
+        le=10,
+        description="softmax temperature of the composition heads (measured over 1,000 "
+        "samples: 0.7 gives COV-P 54.4 %, 1.0 gives 53.2 %, with unique 93.6 / 94.9 %)",
+    )
+    training_inventories: bool = Field(
+        True,
+        description="a cell's site counts are one of the training crystals' inventories, drawn "
+        "jointly; false = slot by slot (measured: a third of samples then have cells no "
+        "training crystal has, COV-P 40.8 % instead of 53.2 %)",
     )
     warm_start: bool = Field(
         True, description="start each inversion from the nearest training crystal's sites"
@@ -335,15 +345,26 @@ class Retraining(_Section, GateSettings):
     )
     generators: bool = Field(
         True,
-        description="also fine-tune the campaign's fingerprint generator on the DFT-relaxed "
-        "crystals (cubic ones; gated on its own held-out reconstruction, "
-        "generators.fingerprint.finetune); false = the surrogate alone",
+        description="also fine-tune the campaign's fingerprint and voxel-vae generators on the "
+        "DFT-relaxed crystals (cubic ones; each gated on its own held-out reconstruction, "
+        "generators.fingerprint.finetune / generators.voxel.finetune); false = the surrogate "
+        "alone",
     )
-    generator_sources: list[str] | None = Field(
+    generator_sources: dict[Literal["fingerprint", "voxel-vae"], list[str]] | None = Field(
         None,
-        description="where the generator's training data is, for replay (as many sources as "
-        "it was trained on, same order); null = the paths stored in its checkpoint",
+        description="per generator, where its training data is, for replay (as many sources "
+        "as it was trained on, same order); a generator not named uses the paths stored in "
+        "its checkpoint",
     )
+
+    @field_validator("generator_sources", mode="before")
+    @classmethod
+    def _sources_by_generator(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            raise ValueError(
+                "give a mapping from generator to its sources, e.g. {fingerprint: [...]}"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -1,12 +1,13 @@
-"""The campaign's fingerprint generator fine-tuned on its DFT results, after the surrogate.
+"""The campaign's generators fine-tuned on its DFT results, after the surrogate.
 
 Why here: retraining already runs in its own process when enough results have come in; the
-generator's turn comes in the same process, on the same results, so both models learn from one
-snapshot of the campaign. What is trained and how it is judged is
-`generators.fingerprint.finetune`; this module only moves data between the store and it:
-the relaxed crystals and their formation energies out, the verdict and (when it passed) the
-new checkpoint in, as a model document of kind `generator-fingerprint`. The daemon loads the
-deployed version at the next cycle (`Components.refresh_generators`).
+generators' turn comes in the same process, on the same results, so every model learns from
+one snapshot of the campaign. What is trained and how it is judged is
+`generators.fingerprint.finetune` and `generators.voxel.finetune`; this module only moves
+data between the store and them: the relaxed crystals and their formation energies out, the
+verdict and (when it passed) the new checkpoint in, as a model document of kind
+`generator-<name>`. The daemon loads deployed versions at the next cycle
+(`Components.refresh_generators`).
 """
 
 from __future__ import annotations
@@ -20,25 +21,41 @@ from typing import Any
 from agent.config import CampaignConfig
 from agent.store import Store
 
-KIND = "generator-fingerprint"
+KINDS = {"fingerprint": "generator-fingerprint", "voxel-vae": "generator-voxel-vae"}
+KIND = KINDS["fingerprint"]
+# the scale a campaign's formation energies are on: pw.x PBE against elemental references
+# computed at the same settings, which the fingerprint generator's Materials Project source
+# approximates (both PBE vs elements) and perov_5's heat_ref (GPAW RPBE) does not
+RESULTS_SCALE = "Materials Project"
 
 
-def load_generator_state(store: Store, campaign: str, checkpoint: str | None) -> tuple[dict, str]:
-    """The deployed fine-tuned checkpoint of the campaign, else the configured (or shipped)
-    one; and the version it is."""
+def _configured_state(name: str, checkpoint: str | None) -> dict:
+    if name == "fingerprint":
+        from generators.fingerprint.sample import default_checkpoint
+        from generators.fingerprint.train import load
+
+        return load(checkpoint or default_checkpoint())
+    from generators.voxel.checkpoints import load_checkpoint
+    from generators.voxel.sample import checkpoint_paths
+
+    return load_checkpoint(checkpoint_paths(checkpoint)[0], "vae")
+
+
+def load_generator_state(
+    store: Store, campaign: str, checkpoint: str | None, name: str = "fingerprint"
+) -> tuple[dict, str]:
+    """The campaign's deployed fine-tuned checkpoint of generator `name` (the VAE's, for the
+    voxel generator: its UNet is not fine-tuned), else the configured (or shipped) one; and
+    the version it is."""
     import torch
 
-    from generators.fingerprint.sample import default_checkpoint
-    from generators.fingerprint.train import load
-
-    doc = store.deployed_model(campaign, KIND)
+    doc = store.deployed_model(campaign, KINDS[name])
     if doc and doc.get("weights_id"):
         state = torch.load(
             io.BytesIO(store.get_model_weights(doc["weights_id"])), weights_only=False
         )
         return state, doc["version"]
-    state = load(checkpoint or default_checkpoint())
-    return state, "configured" if checkpoint else "shipped-default"
+    return _configured_state(name, checkpoint), "configured" if checkpoint else "shipped-default"
 
 
 def conventional(structure: Any, symprec: float = 0.1) -> Any:
@@ -62,47 +79,96 @@ def _write_results(folder: Path, structures, energies, ids) -> None:
             writer.writerow([name, float(energy)])
 
 
-def retrain_generator(
-    store: Store, campaign: str, version: str, data: Any, config: CampaignConfig
-) -> dict[str, Any] | None:
-    """Fine-tune the campaign's fingerprint generator on `data` (the surrogate's
-    `Labelled` DFT results) and record the verdict; returns what was recorded, or None when
-    the campaign has no fingerprint generator (or `retraining.generators` is off)."""
+def _fingerprint(state: dict, data: Any, config: CampaignConfig) -> tuple[dict, Any]:
     from generators.fingerprint.finetune import fine_tune
 
-    slots = [g for g in config.generators if g.name == "fingerprint"]
-    if not slots or not config.retraining.generators:
-        return None
-    state, previous = load_generator_state(store, campaign, slots[0].checkpoint)
     energies = data.targets["formation_energy_per_atom"]
     with tempfile.TemporaryDirectory(prefix="crystalloop-results-") as tmp:
         _write_results(Path(tmp), data.structures, energies, data.ids)
         try:
-            result = fine_tune(state, tmp, sources=config.retraining.generator_sources)
+            result = fine_tune(
+                state,
+                tmp,
+                sources=(config.retraining.generator_sources or {}).get("fingerprint"),
+                scale=RESULTS_SCALE,
+            )
         except (FileNotFoundError, ValueError) as exc:
-            summary = {"deployed": False, "reason": f"cannot fine-tune: {exc}"[:300], "used": 0}
+            return {"deployed": False, "reason": f"cannot fine-tune: {exc}"[:300], "used": 0}, None
+    return result.summary(), result.state
+
+
+def _voxel(
+    state: dict, data: Any, checkpoint: str | None, config: CampaignConfig
+) -> tuple[dict, Any]:
+    from generators.voxel.checkpoints import load_checkpoint
+    from generators.voxel.finetune import fine_tune
+    from generators.voxel.sample import checkpoint_paths
+
+    try:
+        unet = load_checkpoint(checkpoint_paths(checkpoint)[1], "unet")
+        result = fine_tune(
+            state,
+            unet,
+            [conventional(s) for s in data.structures],
+            energies=list(data.targets["formation_energy_per_atom"]),
+            scale=RESULTS_SCALE,
+            sources=(config.retraining.generator_sources or {}).get("voxel-vae"),
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        return {"deployed": False, "reason": f"cannot fine-tune: {exc}"[:300], "used": 0}, None
+    return result.summary(), result.state
+
+
+def retrain_generators(
+    store: Store, campaign: str, version: str, data: Any, config: CampaignConfig
+) -> list[dict[str, Any]]:
+    """Fine-tune each of the campaign's learning generators (fingerprint, voxel-vae) on `data`
+    (the surrogate's `Labelled` DFT results) and record each verdict; returns what was
+    recorded, one entry per generator (none when `retraining.generators` is off)."""
+    if not config.retraining.generators:
+        return []
+    out = []
+    for name in KINDS:
+        slots = [g for g in config.generators if g.name == name]
+        if not slots:
+            continue
+        checkpoint = slots[0].checkpoint
+        state, previous = load_generator_state(store, campaign, checkpoint, name)
+        if name == "fingerprint":
+            summary, new_state = _fingerprint(state, data, config)
         else:
-            summary = result.summary()
+            summary, new_state = _voxel(state, data, checkpoint, config)
+        out.append(_record(store, campaign, version, name, previous, summary, new_state))
+    return out
+
+
+def _record(
+    store: Store, campaign: str, version: str, name: str, previous: str, summary: dict, state: Any
+) -> dict[str, Any]:
     weights_id = None
     if summary["deployed"]:
         import torch
 
         buffer = io.BytesIO()
-        torch.save(result.state, buffer)
-        weights_id = store.put_model_weights(buffer.getvalue(), filename=f"{KIND}-{version}.pt")
+        torch.save(state, buffer)
+        weights_id = store.put_model_weights(
+            buffer.getvalue(), filename=f"{KINDS[name]}-{version}.pt"
+        )
     fields = {
+        "generator": name,
         "state": "deployed" if summary["deployed"] else "rejected",
         "previous": previous,
         "reason": summary["reason"],
         "used": int(summary.get("used", 0)),
         "skipped": summary.get("skipped", {}),
         "model_version": summary.get("model_version"),
+        "condition": summary.get("condition", ""),
     }
     metrics = summary.get("metrics", {})
     store.register_model(
         campaign,
         version,
-        kind=KIND,
+        kind=KINDS[name],
         training_size=fields["used"],
         holdout_metrics=metrics,
         weights_id=weights_id,
@@ -119,8 +185,9 @@ def retrain_generator(
 def describe_generator(doc: dict) -> list[str]:
     """Lines for the daemon, the run summary and `crystalloop retrain`."""
     verdict = "deployed" if doc.get("state") == "deployed" else "refused"
+    name = doc.get("generator", "fingerprint")
     lines = [
-        f"generator fingerprint {doc['version']}: {verdict} ({doc.get('reason', '')}); "
+        f"generator {name} {doc['version']}: {verdict} ({doc.get('reason', '')}); "
         f"fine-tuned on {doc.get('used', 0)} DFT crystal(s)"
     ]
     skipped = {k: v for k, v in (doc.get("skipped") or {}).items() if v}
@@ -141,4 +208,13 @@ def describe_generator(doc: dict) -> list[str]:
             f"  its DFT crystals: MSE {b['mse']:.4f} -> {a['mse']:.4f}, exact composition "
             f"{b['composition_exact']:.3f} -> {a['composition_exact']:.3f}"
         )
+    if "before" in metrics and "after" in metrics:  # the voxel VAE's gate
+        b, a = metrics["before"], metrics["after"]
+        line = (
+            f"  held-out reconstruction MSE {b['held_out_mse']:.2f} -> {a['held_out_mse']:.2f}"
+            f", its DFT crystals {b['new_mse']:.2f} -> {a['new_mse']:.2f}"
+        )
+        if "sample_validity" in b and "sample_validity" in a:
+            line += f", sample validity {b['sample_validity']:.3f} -> {a['sample_validity']:.3f}"
+        lines.append(line)
     return lines

@@ -1,5 +1,5 @@
-"""Fine-tuning the surrogate (and then the fingerprint generator, `agent.generator_retrain`) on
-a campaign's DFT results, behind validation gates.
+"""Fine-tuning the surrogate (and then the generators, `agent.generator_retrain`) on a
+campaign's DFT results, behind validation gates.
 
 Retraining runs in its own process (`python -m agent.retrain`) so that the daemon keeps
 harvesting finished calculations meanwhile, and so that a daemon killed mid-training leaves a
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from agent.config import CampaignConfig
-from agent.generator_retrain import describe_generator, retrain_generator
+from agent.generator_retrain import describe_generator, retrain_generators
 from agent.store import Store, crystalloop_home
 from agent.store.lock import pid_alive
 from policies.finetune import Labelled
@@ -164,8 +164,8 @@ def retrain(
     )
     deploy = all(v.passed for v in verdicts.values())
 
-    # the generator first: the surrogate's verdict ends the retraining the daemon waits for
-    generator = retrain_generator(
+    # the generators first: the surrogate's verdict ends the retraining the daemon waits for
+    generators = retrain_generators(
         store, campaign, version, data, CampaignConfig.model_validate(doc["config"])
     )
 
@@ -192,7 +192,7 @@ def retrain(
         },
         folds=min(cfg.folds, len(data)),
         # one document tells what this retraining did to every model
-        **({"generator": generator} if generator else {}),
+        **({"generators": generators} if generators else {}),
     )
     store.log_event(
         campaign,
@@ -204,7 +204,7 @@ def retrain(
     return {
         "version": version,
         "deployed": deploy,
-        "generator": generator,
+        "generators": generators,
         "heads": {h: v.to_dict() for h, v in verdicts.items()},
         "campaign_results": len(data),
         "replay": n_replay,
@@ -239,8 +239,9 @@ def describe(doc: dict) -> list[str]:
             f"  {head} MAE, deployed -> new: campaign CV {fmt(v['campaign_old'])} -> "
             f"{fmt(v['campaign_new'])}{anchor} eV/atom: {v.get('reason', '')}"
         )
-    if doc.get("generator"):
-        lines += describe_generator(doc["generator"])
+    # "generator": one fingerprint verdict, as documents written before the voxel VAE learnt
+    for generator in doc.get("generators") or ([doc["generator"]] if doc.get("generator") else []):
+        lines += describe_generator(generator)
     if doc.get("error"):
         lines.append(f"  failed: {doc['error']}")
     return lines

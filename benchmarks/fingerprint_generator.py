@@ -105,7 +105,9 @@ def reconstruct(which: str, limit: int | None) -> None:
     _report(f"reconstruct_{which}", payload)
 
 
-def sample(per_decile: int, workers: int, temperature: float = 1.0) -> None:
+def sample(
+    per_decile: int, workers: int, temperature: float | None = None, slot_counts: bool = False
+) -> None:
     from scipy.stats import spearmanr
 
     from generators.data import load_source, select_cubic
@@ -113,7 +115,11 @@ def sample(per_decile: int, workers: int, temperature: float = 1.0) -> None:
     from generators.fingerprint.sample import FingerprintGenerator
     from policies.surrogate import load_default
 
-    gen = FingerprintGenerator.load(composition_temperature=temperature)
+    options = {"training_inventories": False} if slot_counts else {}
+    if temperature is not None:
+        options["composition_temperature"] = temperature
+    gen = FingerprintGenerator.load(**options)
+    default = FingerprintGenerator.load()
     records, _ = load_source(str(PEROV))
     held, train, _ = split_records(gen, records, str(PEROV))
     # the model's whole training set: novelty is against every crystal it learnt, and the
@@ -143,6 +149,7 @@ def sample(per_decile: int, workers: int, temperature: float = 1.0) -> None:
         "training": f"{len(train) - len(mp_train)} perov_5 + {len(mp_train)} cubic MP crystals "
         "(the model's training set: novelty and the coverage ceiling)",
         "avoid_training_formulas": gen.avoid_training,
+        "training_inventories": gen.inventories is not None,
         "composition_temperature": gen.temperature,
         **figures,
         "spearman_decile_vs_predicted_ef": float(rho),
@@ -150,7 +157,12 @@ def sample(per_decile: int, workers: int, temperature: float = 1.0) -> None:
         "mean_sites": float(np.mean(sites)) if sites else None,
         "inversion": gen.inversion.model_dump(),
     }
-    _report("sample" if temperature == 1.0 else f"sample_t{temperature:g}", payload)
+    name = "sample"
+    if gen.temperature != default.temperature:
+        name += f"_t{gen.temperature:g}"
+    if slot_counts:
+        name += "_slot_counts"
+    _report(name, payload)
 
 
 def throughput(per_decile: int) -> None:
@@ -191,9 +203,15 @@ def main() -> None:
     parser.add_argument(
         "--composition-temperature",
         type=float,
-        default=1.0,
-        help="sample: softmax temperature of the composition heads (results in "
-        "fingerprint_sample_t<T>.json when not 1)",
+        default=None,
+        help="sample: softmax temperature of the composition heads (default: the generator's; "
+        "results in fingerprint_sample_t<T>.json when another)",
+    )
+    parser.add_argument(
+        "--slot-counts",
+        action="store_true",
+        help="sample: draw site counts slot by slot instead of among the training inventories "
+        "(results in fingerprint_sample[_t<T>]_slot_counts.json)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -201,7 +219,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     if args.phase == "sample":
-        sample(args.per_decile, args.workers, args.composition_temperature)
+        sample(args.per_decile, args.workers, args.composition_temperature, args.slot_counts)
     elif args.phase == "throughput":
         throughput(args.per_decile)
     else:

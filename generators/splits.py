@@ -12,6 +12,40 @@ from typing import Any
 
 import numpy as np
 
+# the energy scale of each training source's formation energies (see the brief: a model
+# trained on one scale does not predict the other, so every decile names its scale)
+SCALES = {
+    "perov_5": "perov_5 heat_ref: GPAW RPBE vs Castelli's elemental references (eV/atom)",
+    "val": "perov_5 heat_ref: GPAW RPBE vs Castelli's elemental references (eV/atom)",
+    "flla_2015": "Materials Project PBE formation energy, matminer flla_2015 (eV/atom)",
+}
+
+
+def scale_of(spec: str) -> str:
+    """The energy scale a source's formation energies are on."""
+    name = spec.split(":", 1)[1] if spec.startswith("matminer:") else Path(spec).name.split(".")[0]
+    return SCALES.get(name, f"formation_energy_per_atom as given in {spec}")
+
+
+def locate_source(spec: str) -> str:
+    """A training source as a checkpoint names it, found on this machine. Checkpoints store
+    the path their training command was given: relative to the repository root, or absolute
+    on the machine that trained them; the data lives in `shared/data/` beside the repository
+    (CI's layout), so a path that is not there is looked up from the root and then under the
+    `shared/` beside it."""
+    path = Path(spec)
+    if spec.startswith("matminer:") or path.exists():
+        return spec
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [] if path.is_absolute() else [repo / path]
+    parts = path.parts
+    if "shared" in parts:
+        candidates.append(repo.parent / Path(*parts[parts.index("shared") :]))
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    return spec
+
 
 def record_id(spec: str, record: Any) -> str:
     """Stable id of a record across runs: '<source name>:<source id>' (used for the split)."""

@@ -131,7 +131,7 @@ def test_campaign_retraining_deploys_the_generator_and_the_daemon_loads_it(
                 "every_n_results": 2,
                 "folds": 2,
                 "replay_source": None,
-                "generator_sources": _sources(shipped.state, shared_data),
+                "generator_sources": {"fingerprint": _sources(shipped.state, shared_data)},
             },
         }
     )
@@ -147,7 +147,12 @@ def test_campaign_retraining_deploys_the_generator_and_the_daemon_loads_it(
                 formation_energy_per_atom=r.properties[HEAD],
             )
         out = retrain(store, config.name, "ft-00012")
-        assert out["generator"]["deployed"] and out["generator"]["used"] == 12
+        (generator,) = out["generators"]
+        assert (
+            generator["deployed"]
+            and generator["used"] == 12
+            and generator["generator"] == "fingerprint"
+        )
         doc = store.deployed_model(config.name, KIND)
         assert doc["version"] == "ft-00012" and doc["previous"] == "shipped-default"
         lines = describe(store.get_model(f"{config.name}:surrogate:ft-00012"))
@@ -159,6 +164,6 @@ def test_campaign_retraining_deploys_the_generator_and_the_daemon_loads_it(
         assert slot.version == "configured"
         components.refresh_generators(store, config.name)
         assert slot.version == "ft-00012"
-        assert slot.impl.model_version == f"fpcvae-{out['generator']['model_version']}"
+        assert slot.impl.model_version == f"fpcvae-{generator['model_version']}"
         drawn = slot.sample(3)
         assert drawn and {c.provenance.model_version for c in drawn} == {slot.impl.model_version}

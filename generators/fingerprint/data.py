@@ -25,19 +25,13 @@ from generators.fingerprint.descriptor import (
     fingerprint_structures,
 )
 from generators.fingerprint.settings import FingerprintSettings
-from generators.splits import assign_deciles, decile_edges, record_id, split_indices
-
-SCALES = {
-    "perov_5": "perov_5 heat_ref: GPAW RPBE vs Castelli's elemental references (eV/atom)",
-    "val": "perov_5 heat_ref: GPAW RPBE vs Castelli's elemental references (eV/atom)",
-    "flla_2015": "Materials Project PBE formation energy, matminer flla_2015 (eV/atom)",
-}
-
-
-def scale_of(spec: str) -> str:
-    """The energy scale a source's formation energies are on."""
-    name = spec.split(":", 1)[1] if spec.startswith("matminer:") else Path(spec).name.split(".")[0]
-    return SCALES.get(name, f"formation_energy_per_atom as given in {spec}")
+from generators.splits import (
+    assign_deciles,
+    decile_edges,
+    record_id,
+    scale_of,
+    split_indices,
+)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from generators.fingerprint.data import FingerprintData, load_fingerprint_data, scale_of
+from generators.fingerprint.data import FingerprintData, load_fingerprint_data
 from generators.fingerprint.model import FingerprintVAE, ModelConfig, vae_loss
 from generators.fingerprint.settings import FingerprintSettings
 from generators.fingerprint.train import (
@@ -35,7 +35,7 @@ from generators.fingerprint.train import (
     fit_prior,
     templates,
 )
-from generators.splits import assign_deciles, decile_edges
+from generators.splits import assign_deciles, decile_edges, locate_source, scale_of
 
 
 class GeneratorFineTuneSettings(BaseModel):
@@ -95,17 +95,6 @@ def _concat(a: FingerprintData, b: FingerprintData, source_index: int) -> Finger
     )
 
 
-def _locate(spec: str) -> str:
-    """A training source as the checkpoint names it: relative paths were written from the
-    repository root, where `crystalloop train fingerprint` ran, so they are looked up from the
-    working directory and then from the root (a daemon may run anywhere)."""
-    path = Path(spec)
-    if spec.startswith("matminer:") or path.is_absolute() or path.exists():
-        return spec
-    beside_repo = Path(__file__).resolve().parents[2] / path
-    return str(beside_repo) if beside_repo.exists() else spec
-
-
 def _scale_source(state: dict[str, Any], scale: str) -> str:
     for spec in state["decile_edges"]:
         if scale_of(spec).startswith(scale):
@@ -127,7 +116,7 @@ def fine_tune(
     settings = settings or GeneratorFineTuneSettings()
     train_settings = TrainSettings(**state["train_settings"])
     fp_settings = FingerprintSettings(**state["fingerprint_settings"])
-    sources = list(sources or [_locate(spec) for spec in state["sources"]])
+    sources = list(sources or [locate_source(spec) for spec in state["sources"]])
     if len(sources) != len(state["sources"]):
         raise ValueError(f"give the {len(state['sources'])} training sources, got {sources}")
     old = load_fingerprint_data(sources, fp_settings, train_settings.max_sites)

@@ -2,8 +2,9 @@
 
 Every mode (random per decile, around a base compound, interpolation) ends in one batched
 inversion of all its samples, so the daemon gets many candidates per optimisation. A sample's
-composition is drawn slot by slot from the composition heads under rules that keep it
-describable, plausible and new: each slot's element is more electronegative than the previous
+composition is drawn from the composition heads under rules that keep it describable,
+plausible and new: the cell's site counts are one of the training crystals' inventories
+(drawn jointly, where the checkpoint has templates), each slot's element is more electronegative than the previous
 one (the slot order the fingerprint was built with), the cell has at most the training maximum
 of sites, SMACT's charge-neutrality + electronegativity test passes, and (where the checkpoint
 lists them) the reduced formula is not one of the training crystals' - a sampler that keeps a
@@ -73,12 +74,13 @@ class FingerprintGenerator:
         state: dict[str, Any],
         inversion: InversionSettings | None = None,
         elements: Sequence[str] | None = None,
-        composition_temperature: float = 1.0,
+        composition_temperature: float = 0.7,
         max_composition_tries: int = 30,
         warm_start: bool = True,
         max_sites: int | None = None,
         refine_sites: bool = False,
         avoid_training_formulas: bool | None = None,
+        training_inventories: bool | None = None,
     ):
         self.state = state
         self.fp_settings = FingerprintSettings(**state["fingerprint_settings"])
@@ -127,6 +129,23 @@ class FingerprintGenerator:
             )
         self.avoid_training = listed is not None and avoid_training_formulas is not False
         self.training_formulas = frozenset(listed or ())
+        counts = (state.get("templates") or {}).get("counts")
+        if training_inventories and counts is None:
+            raise ValueError(
+                "training_inventories: this checkpoint has no templates to take site "
+                "inventories from (re-finalise it with `crystalloop train fingerprint --resume`)"
+            )
+        self.inventories = None  # (M, n_slots) site counts a cell may have; None = any
+        if counts is not None and training_inventories is not False:
+            unique = torch.unique(counts.long(), dim=0)
+            unique = unique[unique.sum(1) <= self.max_sites]
+            if len(unique) == 0:
+                raise ValueError(
+                    f"max_sites={self.max_sites}: no training crystal has so few sites, so no "
+                    "training inventory fits (raise max_sites, or draw site counts slot by "
+                    "slot with training_inventories=False)"
+                )
+            self.inventories = unique
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -213,18 +232,17 @@ class FingerprintGenerator:
     def _draw_composition(
         self, element_logits: torch.Tensor, count_logits: torch.Tensor, rng: np.random.Generator
     ) -> tuple[list[str], list[int]] | str:
-        """One slot-by-slot composition draw, or the reason it was rejected."""
+        """One composition draw (site counts, then an element per slot), or the reason it
+        was rejected."""
         from generators.generation_metrics import composition_valid
 
-        count_p = torch.softmax(count_logits / self.temperature, -1).numpy()
         el_logits = element_logits / self.temperature
-        max_sites = self.max_sites
-        # how many slots are filled: slot 0 always, then each next one with its own odds
-        n_used = 1
-        while n_used < count_p.shape[0] and rng.random() >= count_p[n_used, 0]:
-            n_used += 1
+        if self.inventories is not None:
+            counts = self._draw_inventory(count_logits, rng)
+        else:
+            counts = self._draw_slot_counts(count_logits, rng)
+        n_used = len(counts)
         names: list[str] = []
-        counts: list[int] = []
         last_key: tuple[float, int] | None = None
         for slot in range(n_used):
             mask = self.allowed.clone()
@@ -238,9 +256,7 @@ class FingerprintGenerator:
             pick = int(rng.choice(len(p), p=p / p.sum()))
             names.append(self.elements[pick])
             last_key = self.keys[pick]
-            q = count_p[slot, 1:] / count_p[slot, 1:].sum()
-            counts.append(int(rng.choice(len(q), p=q)) + 1)
-        if sum(counts) > max_sites:
+        if sum(counts) > self.max_sites:
             return "too many sites"
         from pymatgen.core import Composition
 
@@ -251,6 +267,32 @@ class FingerprintGenerator:
             # on the nearest template of its inventory it would re-make that training crystal
             return "a training formula"
         return names, counts
+
+    def _draw_inventory(self, count_logits: torch.Tensor, rng: np.random.Generator) -> list[int]:
+        """Site counts of the whole cell, drawn jointly: one of the training crystals'
+        inventories, weighted by the count heads' probability of all its slots together.
+        Drawn slot by slot, the heads' independent odds combine into cells no training
+        crystal has (measured: a third of samples, none of them near a held-out perovskite),
+        and such a cell has no template to take its sites from."""
+        logp = torch.log_softmax(count_logits.double() / self.temperature, -1)
+        inv = self.inventories
+        score = logp.gather(1, inv.T).sum(0)  # (M,): log p of every slot's count at once
+        p = torch.softmax(score, 0).numpy()
+        row = inv[int(rng.choice(len(p), p=p / p.sum()))]
+        return [int(c) for c in row if c > 0]
+
+    def _draw_slot_counts(self, count_logits: torch.Tensor, rng: np.random.Generator) -> list[int]:
+        """Site counts slot by slot: slot 0 always, each next one with its own odds of being
+        empty, then a count per filled slot (any inventory, also ones no training crystal has)."""
+        count_p = torch.softmax(count_logits / self.temperature, -1).numpy()
+        n_used = 1
+        while n_used < count_p.shape[0] and rng.random() >= count_p[n_used, 0]:
+            n_used += 1
+        counts = []
+        for slot in range(n_used):
+            q = count_p[slot, 1:] / count_p[slot, 1:].sum()
+            counts.append(int(rng.choice(len(q), p=q)) + 1)
+        return counts
 
     def _template(self, z: torch.Tensor, counts: list[int]) -> tuple[np.ndarray, float] | None:
         """Coordinates and length of the training crystal nearest to `z` in latent space

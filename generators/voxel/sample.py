@@ -38,6 +38,28 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("generators.voxel.models")))
 
 
+def checkpoint_paths(
+    path: str | Path | None = None, unet_path: str | Path | None = None
+) -> tuple[Path, Path]:
+    """(VAE, UNet) checkpoint files of a model given as a directory holding vae.pt and
+    unet.pt, or as a VAE file (its UNet `unet_path` or the unet.pt beside it); None = the
+    shipped default. A missing file is an error that says how to make one."""
+    path = default_model_dir() if path is None else Path(path)
+    if path.is_dir():
+        vae_path, unet_default = path / "vae.pt", path / "unet.pt"
+    else:
+        vae_path, unet_default = path, path.parent / "unet.pt"
+    unet = Path(unet_path) if unet_path is not None else unet_default
+    for p, what in ((vae_path, "VAE"), (unet, "UNet")):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{what} checkpoint not found: {p}. Train one with "
+                f"`crystalloop train {'vae' if what == 'VAE' else 'unet'}`, or load the "
+                "shipped default with VoxelGenerator.load()"
+            )
+    return vae_path, unet
+
+
 @dataclass
 class Generated:
     """One pass through the pipeline, before wrapping as a Candidate."""
@@ -146,19 +168,7 @@ class VoxelGenerator:
         `path` may be a directory holding vae.pt and unet.pt, or a VAE checkpoint file (its
         UNet is `unet_path` or the unet.pt beside it).
         """
-        path = default_model_dir() if path is None else Path(path)
-        if path.is_dir():
-            vae_path, unet_default = path / "vae.pt", path / "unet.pt"
-        else:
-            vae_path, unet_default = path, path.parent / "unet.pt"
-        unet_path = Path(unet_path) if unet_path is not None else unet_default
-        for p, what in ((vae_path, "VAE"), (unet_path, "UNet")):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"{what} checkpoint not found: {p}. Train one with "
-                    f"`crystalloop train {'vae' if what == 'VAE' else 'unet'}`, or load the "
-                    "shipped default with VoxelGenerator.load()"
-                )
+        vae_path, unet_path = checkpoint_paths(path, unet_path)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(
