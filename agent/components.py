@@ -61,6 +61,7 @@ class GeneratorSlot:
                     max_sites=opts.max_sites,
                     avoid_training_formulas=opts.avoid_training_formulas,
                     training_inventories=opts.training_inventories,
+                    arrangement=opts.arrangement,
                 )
                 if state is not None:  # a version fine-tuned on the campaign's DFT results
                     return FingerprintGenerator(state, **options)
@@ -180,6 +181,7 @@ class Components:
         # (formula, DFT formation energy per atom) of the campaign's results: the hull that a
         # predicted e_above_hull is measured against; the loop refreshes it before each use
         self.hull_points: list[tuple[str, float]] = []
+        self._known_phases: dict[frozenset[str], list[tuple[str, float]]] = {}
 
     @property
     def known(self) -> Any:
@@ -194,6 +196,17 @@ class Components:
             except (OSError, ValueError) as exc:
                 raise ComponentError(f"filters.known_sources: {exc}") from exc
         return self._known
+
+    def known_phases(self, elements: Iterable[str]) -> list[tuple[str, float]]:
+        """(formula, formation energy per atom, MP scale) of the known crystals made of the
+        campaign's elements (`filters.elements`, else `elements`: those of its results),
+        for its hull; empty without `filters.known_sources` on that scale."""
+        if self.known is None:
+            return []
+        chemsys = frozenset(self.config.filters.elements or elements)
+        if chemsys not in self._known_phases:
+            self._known_phases[chemsys] = self.known.formation_energies(chemsys)
+        return self._known_phases[chemsys]
 
     # -- generation ----------------------------------------------------------------------
     def generate(self, seed: int) -> list[Candidate]:

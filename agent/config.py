@@ -110,6 +110,12 @@ class FingerprintOptions(_Section):
         description="redraw a composition whose reduced formula is a training crystal's (on "
         "its template it would re-make that crystal); false lets known formulas through",
     )
+    arrangement: Literal["ewald", "template"] = Field(
+        "ewald",
+        description="which drawn element takes which template site: ewald = the arrangement "
+        "of lowest electrostatic energy among slots of equal count and charge sign; template "
+        "= the training crystal's slot order (measured: Sr on a perovskite's octahedral site)",
+    )
     trials: int = Field(1, ge=1, le=64, description="inversion trials per sample")
     hops: int = Field(1, ge=1, le=50, description="basin-hopping hops per sample")
     steps_per_hop: int = Field(25, ge=1, le=1000, description="Adam steps per hop")

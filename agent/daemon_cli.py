@@ -120,8 +120,13 @@ def _print_summary(summary: dict) -> None:
             title="DFT results, best first (eV/atom)",
             caption="E_f: formation energy, pw.x PBE against elemental references at the same "
             "settings + MP2020 anion correction (Materials Project's scale); E_hull: against "
-            "this campaign's own results and the elements only"
-            + ("; known: matches a crystal of filters.known_sources" if checked else ""),
+            + (
+                "this campaign's results, the elements and the known phases of "
+                "filters.known_sources (their Materials Project formation energies, where "
+                "given); known: matches a crystal of them"
+                if checked
+                else "this campaign's own results and the elements only"
+            ),
         )
         columns = ["formula", "generator", "E_f DFT", "E_f pred.", "E_hull"]
         for col in columns + (["relaxed crystal"] if checked else []):

@@ -9,14 +9,16 @@ summary read the flag this module writes): a completed DFT result
 - that is new: its relaxed crystal matches no crystal of `filters.known_sources` (the funnel
   already kept repeats of the campaign's own candidates out of the pool);
 - that is stable: below its elements (formation energy < 0) and within
-  `objective.hull_tolerance` of the campaign's convex hull;
+  `objective.hull_tolerance` of the convex hull of the campaign's results and the known
+  phases of its chemical system (the formation energies of `filters.known_sources` on the
+  Materials Project scale, the scale of the corrected results);
 - and, for a window objective, whose DFT value of the objective's property lies in the window.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent.config import Objective
@@ -47,14 +49,17 @@ def is_discovery(calc: Mapping[str, Any], e_above_hull: float, objective: Object
 
 
 def update_hull(
-    store: Store, campaign: str, objective: Objective | None = None
+    store: Store,
+    campaign: str,
+    objective: Objective | None = None,
+    known: Sequence[tuple[str, float]] = (),
 ) -> dict[str, float]:
     """Recompute e_above_hull for all completed calculations (dft.formation.hull_energies:
-    grouped by settings, MP2020-corrected energies); mark discoveries (`is_discovery`) and
-    count them per cycle. Returns calc id -> e_above_hull."""
+    grouped by settings, MP2020-corrected energies, `known` phases included); mark
+    discoveries (`is_discovery`) and count them per cycle. Returns calc id -> e_above_hull."""
     objective = objective or Objective()
     calcs = store.find_calculations(campaign, "completed", projection={"task_doc": 0})
-    result = hull_energies(calcs, id_field="_id")
+    result = hull_energies(calcs, id_field="_id", known=known)
     discoveries: dict[int, int] = defaultdict(int)
     for calc in calcs:
         if calc["_id"] not in result:

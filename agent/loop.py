@@ -224,7 +224,8 @@ class CampaignRunner:
         if not docs:
             return "select"
         structures = [Store.structure_of(d) for d in docs]
-        self.components.hull_points = self.hull_points()
+        results = self.hull_points()
+        self.components.hull_points = results + self.known_phases(results)
         predictions = self.components.predict(structures)
         known = self.components.known_structures(self.store, self.name, exclude_cycle=cycle)
         verdicts = self.components.screen(docs, structures, predictions, known)
@@ -268,7 +269,8 @@ class CampaignRunner:
             self.name, ("selected", "submitted", "running", "completed"), projection=["formula"]
         )
         taken = {Composition(d["formula"]).reduced_formula for d in spent if d.get("formula")}
-        self.components.hull_points = self.hull_points()
+        results = self.hull_points()
+        self.components.hull_points = results + self.known_phases(results)
         scores, picks = self.components.select(
             structures, n, best, seed=self.config.seed + cycle, taken_formulas=taken
         )
@@ -356,7 +358,9 @@ class CampaignRunner:
                 self.report(f"DFT failed for {doc['formula']}: {status.detail[:200]}")
                 finished += 1
         if finished:
-            update_hull(self.store, self.name, self.config.objective)
+            update_hull(
+                self.store, self.name, self.config.objective, self.known_phases(self.hull_points())
+            )
             self.retrain.maybe_start()
         self.retrain.poll()
         return finished
@@ -418,6 +422,11 @@ class CampaignRunner:
             for c in calcs
             if isinstance(c.get("formation_energy_per_atom"), int | float)
         ]
+
+    def known_phases(self, results: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """The known phases of the campaign's chemical system (Components.known_phases)."""
+        elements = {el.symbol for formula, _ in results for el in Composition(formula).elements}
+        return self.components.known_phases(elements)
 
     def best_dft_value(self) -> float | None:
         key = self.config.objective.property

@@ -150,6 +150,7 @@ def sample(
         "(the model's training set: novelty and the coverage ceiling)",
         "avoid_training_formulas": gen.avoid_training,
         "training_inventories": gen.inventories is not None,
+        "arrangement": gen.arrangement,
         "composition_temperature": gen.temperature,
         **figures,
         "spearman_decile_vs_predicted_ef": float(rho),

@@ -54,7 +54,9 @@ def e_above_hull(
 
 
 def hull_energies(
-    docs: Iterable[Mapping[str, Any]], id_field: str = "candidate_id"
+    docs: Iterable[Mapping[str, Any]],
+    id_field: str = "candidate_id",
+    known: Iterable[tuple[Composition | str, float]] = (),
 ) -> dict[str, float]:
     """e_above_hull (eV/atom) of every result against all others with the same `settings_key`
     and their elemental references, keyed by `id_field`. The one hull of the project: the
@@ -66,7 +68,13 @@ def hull_energies(
     relative stability across anion fractions). Results without energy or references are
     skipped. Mixing settings on one hull is wrong, so results are grouped; for campaign-wide
     hulls fix the cutoff (CRYSTALLOOP_DFT_ECUTWFC) so that all results share one key.
+
+    `known` are phases known from elsewhere as (composition, formation energy per atom) on
+    the scale of the corrected results (Materials Project's): each group places them on its
+    own elemental references, so a result is judged against the known phases of its
+    chemical system too, not only against the campaign's own results.
     """
+    known = [(Composition(c), float(e)) for c, e in known]
     groups: dict[str, list[tuple[str, Composition, float, dict]]] = {}
     for d in docs:
         if not d.get("references") or (
@@ -87,7 +95,12 @@ def hull_energies(
         refs: dict[str, float] = {}
         for *_, references in group:
             refs.update(references)
-        out.update(_hull([(key, comp, e) for key, comp, e, _ in group], refs))
+        others = [
+            (c, c.num_atoms * e + sum(n * refs[el.symbol] for el, n in c.items()))
+            for c, e in known
+            if {el.symbol for el in c.elements} <= set(refs)
+        ]
+        out.update(_hull([(key, comp, e) for key, comp, e, _ in group], refs, others))
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from pymatgen.core import Composition, Structure
 
 from generators.data.readers import MATMINER_FILES, _from_cif, _matminer_spec, matminer_path
 from generators.generation_metrics import CDVAE_MATCHER
+from generators.splits import scale_of
 
 ACCEPTED = (
     "matminer:" + "|".join(MATMINER_FILES) + ", a matminer CSV(.gz) by path, or a perov_5-style "
@@ -38,6 +39,9 @@ class _Table:
     parse: Callable[[str], Structure]
     rows: dict[str, list[tuple[str, str]]]  # reduced formula -> [(id, structure text)]
     parsed: dict[str, list[tuple[str, Structure]]] = field(default_factory=dict)
+    # reduced formula -> lowest Materials Project formation energy (eV/atom), for sources on
+    # that scale (flla_2015); empty for the others
+    energies: dict[str, float] = field(default_factory=dict)
 
     def structures(self, formula: str) -> list[tuple[str, Structure]]:
         if formula not in self.parsed:
@@ -74,8 +78,10 @@ def _open(spec: str) -> _Table:
         else:
             column, parse, comment = "cif", _from_cif, None
             source = f"{path.parent.name}/{name}"  # perov_5/val: the file's stem says little
+    energy = "formation_energy_per_atom" if scale_of(spec).startswith("Materials Project") else None
+    columns = ["material_id", "formula", column] + ([energy] if energy else [])
     try:
-        frame = pd.read_csv(path, comment=comment, usecols=["material_id", "formula", column])
+        frame = pd.read_csv(path, comment=comment, usecols=columns)
     except ValueError as exc:  # a missing column, or not a CSV at all
         raise ValueError(
             f"known crystals: cannot read {spec!r}: {exc} (accepted: {ACCEPTED})"
@@ -91,7 +97,16 @@ def _open(spec: str) -> _Table:
         except Exception:  # noqa: BLE001,S112 - an unreadable formula names no crystal
             continue
         rows.setdefault(reduced, []).append((str(source_id), text))
-    return _Table(source, parse, rows)
+    energies: dict[str, float] = {}
+    if energy:
+        for formula, value in frame[["formula", energy]].itertuples(index=False):
+            try:
+                reduced, value = _reduced(str(formula)), float(value)
+            except Exception:  # noqa: BLE001,S112 - as above
+                continue
+            if value == value and value < energies.get(reduced, float("inf")):
+                energies[reduced] = value
+    return _Table(source, parse, rows, energies=energies)
 
 
 class KnownCrystals:
@@ -106,6 +121,19 @@ class KnownCrystals:
 
     def __len__(self) -> int:
         return sum(len(v) for t in self.tables for v in t.rows.values())
+
+    def formation_energies(self, elements: Iterable[str]) -> list[tuple[str, float]]:
+        """(reduced formula, lowest formation energy per atom) of the known crystals made of
+        `elements` only, from the sources on the Materials Project scale: the phases a
+        campaign's hull must include, or a high-energy polymorph of a known compound (or a
+        compound that decomposes into known ones) would look stable."""
+        allowed = set(elements)
+        best: dict[str, float] = {}
+        for table in self.tables:
+            for formula, value in table.energies.items():
+                if {el.symbol for el in Composition(formula).elements} <= allowed:
+                    best[formula] = min(value, best.get(formula, float("inf")))
+        return sorted(best.items())
 
     def find(self, structure: Structure) -> str | None:
         """'source:id' of the first known crystal `structure` matches, or None (novel)."""

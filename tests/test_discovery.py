@@ -63,3 +63,39 @@ def test_e_above_hull_objective_ranks_against_the_campaign_hull():
     assert np.all(sigma == predicted["formation_energy_per_atom"][1])
     scores, picks = components.select(pool, 1, best=None, seed=0)
     assert picks == [int(np.argmin(e_hull))]
+
+
+def test_the_hull_includes_the_known_phases_of_the_chemical_system(matminer_dir):
+    """A high-energy arrangement of a known chemistry is no discovery: the first demo run with
+    joint site inventories relaxed an anti-site SrTiO3 (Sr octahedral) to -0.749 eV/atom, and
+    against the campaign's own two results it sat on the hull. flla_2015 lacks SrTiO3, but
+    has SrO and TiO2, which it decomposes into."""
+    from dft.formation import hull_energies
+    from generators.known import KnownCrystals
+
+    known = KnownCrystals([str(matminer_dir / "flla_2015.csv.gz")])
+    phases = dict(known.formation_energies(["Ba", "Sr", "Ti", "O"]))
+    assert set(phases) == {"Ba", "BaO", "BaTiO3", "O2", "Sr", "SrO", "Ti6O", "TiO2"}
+    assert phases["SrO"] == pytest.approx(-3.0937, abs=1e-4)
+    assert phases["TiO2"] == pytest.approx(-3.5124, abs=1e-4)
+    refs = {"Sr": -931.521, "Ti": -1615.0, "O": -447.9}  # eV/atom: only differences matter
+    total = 5 * -0.749 + refs["Sr"] + refs["Ti"] + 3 * refs["O"]
+    doc = {"_id": "a", "formula": "SrTiO3", "energy": total, "references": refs}
+    alone = hull_energies([doc], id_field="_id")
+    assert alone["a"] == pytest.approx(0.0, abs=1e-9)
+    # SrTiO3 = 2/5 SrO + 3/5 TiO2 in atoms: hull -3.345 eV/atom, so 2.60 above it
+    against_known = hull_energies([doc], id_field="_id", known=phases.items())
+    assert against_known["a"] == pytest.approx(2.596, abs=2e-3)
+    assert not is_discovery({"formation_energy_per_atom": -0.749}, against_known["a"], Objective())
+
+    # the campaign asks for its chemical system's phases once (filters.elements)
+    config = CampaignConfig.model_validate(
+        {
+            "name": "known-hull",
+            "filters": {
+                "elements": ["Ba", "Sr", "Ti", "O"],
+                "known_sources": [str(matminer_dir / "flla_2015.csv.gz")],
+            },
+        }
+    )
+    assert dict(Components(config).known_phases([])) == phases
