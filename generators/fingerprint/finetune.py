@@ -16,7 +16,6 @@ cells); the others are counted in the report, not silently dropped.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from generators.finetune_result import GeneratorFineTune
 from generators.fingerprint.data import FingerprintData, load_fingerprint_data
 from generators.fingerprint.model import FingerprintVAE, ModelConfig, vae_loss
 from generators.fingerprint.settings import FingerprintSettings
@@ -54,28 +54,6 @@ class GeneratorFineTuneSettings(BaseModel):
         0.01, ge=0, description="drop of the held-out exact-composition rate allowed"
     )
     seed: int = 0
-
-
-@dataclass
-class GeneratorFineTune:
-    """What a fine-tune did; `state` is the new checkpoint when it was deployed."""
-
-    deployed: bool
-    reason: str
-    used: int
-    skipped: dict[str, int] = field(default_factory=dict)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    state: dict[str, Any] | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "deployed": self.deployed,
-            "reason": self.reason,
-            "used": self.used,
-            "skipped": self.skipped,
-            "metrics": self.metrics,
-            "model_version": (self.state or {}).get("model_version"),
-        }
 
 
 def _concat(a: FingerprintData, b: FingerprintData, source_index: int) -> FingerprintData:

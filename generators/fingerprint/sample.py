@@ -4,8 +4,8 @@ Every mode (random per decile, around a base compound, interpolation) ends in on
 inversion of all its samples, so the daemon gets many candidates per optimisation. A sample's
 composition is drawn from the composition heads under rules that keep it describable,
 plausible and new: the cell's site counts are one of the training crystals' inventories
-(drawn jointly, where the checkpoint has templates), each slot's element is more electronegative than the previous
-one (the slot order the fingerprint was built with), the cell has at most the training maximum
+(drawn jointly, where the checkpoint has templates), each slot's element is more
+electronegative than the previous one (the slot order the fingerprint was built with), the cell has at most the training maximum
 of sites, SMACT's charge-neutrality + electronegativity test passes, and (where the checkpoint
 lists them) the reduced formula is not one of the training crystals' - a sampler that keeps a
 template's sites would otherwise hand back that training crystal. Draws that fail are
@@ -506,7 +506,7 @@ def _arrange(names: list[str], counts: list[int], frac: np.ndarray, length: floa
     (oxidation states from pymatgen's guesses), follows Pauling's first rules (the
     high-valence cation on the site with the nearest anions). A composition pymatgen cannot
     assign oxidation states to keeps the template's order."""
-    from itertools import permutations, product
+    from itertools import islice, permutations, product
 
     from pymatgen.analysis.ewald import EwaldSummation
     from pymatgen.core import Lattice
@@ -515,38 +515,29 @@ def _arrange(names: list[str], counts: list[int], frac: np.ndarray, length: floa
     if not guesses:
         return frac
     charge = [guesses[0][n] for n in names]
-    groups: dict[tuple[int, bool], list[int]] = {}
+    groups: dict[tuple[int, float], list[int]] = {}
     for slot, (count, q) in enumerate(zip(counts, charge, strict=True)):
-        groups.setdefault((count, q > 0), []).append(slot)
+        groups.setdefault((count, float(np.sign(q))), []).append(slot)
     swaps = [g for g in groups.values() if len(g) > 1]
     if not swaps:
         return frac
     starts = np.cumsum([0, *counts])
     blocks = [frac[starts[s] : starts[s + 1]] for s in range(len(counts))]
+    species = [name for name, c in zip(names, counts, strict=True) for _ in range(c)]
     best, best_energy = frac, np.inf
     options = product(*(permutations(g) for g in swaps))
-    for n, choice in enumerate(options):
-        if n == MAX_ARRANGEMENTS:
-            break
+    for choice in islice(options, MAX_ARRANGEMENTS):
         order = list(range(len(counts)))  # order[slot] = the slot whose sites it takes
         for group, perm in zip(swaps, choice, strict=True):
             for slot, source in zip(group, perm, strict=True):
                 order[slot] = source
         coords = np.concatenate([blocks[order[s]] for s in range(len(counts))])
-        structure = _charged(Lattice.cubic(length), names, counts, charge, coords)
+        structure = Structure(Lattice.cubic(length), species, coords)
+        structure.add_oxidation_state_by_element(guesses[0])
         energy = EwaldSummation(structure).total_energy
         if energy < best_energy - 1e-9:
             best, best_energy = coords, energy
     return best
-
-
-def _charged(lattice, names, counts, charge, coords):
-    from pymatgen.core import Species, Structure
-
-    species = [
-        Species(name, q) for name, c, q in zip(names, counts, charge, strict=True) for _ in range(c)
-    ]
-    return Structure(lattice, species, coords)
 
 
 @cache

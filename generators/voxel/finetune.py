@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,12 +37,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
+from generators.finetune_result import GeneratorFineTune
 from generators.splits import assign_deciles, decile_edges, locate_source, scale_of
 from generators.voxel.checkpoints import build_unet, build_vae, model_version
 from generators.voxel.data_cache import load_voxel_data
 from generators.voxel.inputs import vae_input
 from generators.voxel.losses import vae_loss
-from generators.voxel.prior import fit_latent_prior
+from generators.voxel.prior import fit_latent_prior, posterior_means
 from generators.voxel.rotations import rotate_batch
 from generators.voxel.settings import VoxelSettings
 from generators.voxel.vae import one_hot_decile
@@ -75,30 +75,6 @@ class VoxelFineTuneSettings(BaseModel):
         0.05, ge=0, description="drop of the samples' valid fraction allowed"
     )
     seed: int = 0
-
-
-@dataclass
-class VoxelFineTune:
-    """What a fine-tune did; `state` is the new VAE checkpoint when it was deployed."""
-
-    deployed: bool
-    reason: str
-    used: int
-    skipped: dict[str, int] = field(default_factory=dict)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    state: dict[str, Any] | None = None
-    condition: str = ""
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "deployed": self.deployed,
-            "reason": self.reason,
-            "used": self.used,
-            "skipped": self.skipped,
-            "metrics": self.metrics,
-            "condition": self.condition,
-            "model_version": (self.state or {}).get("model_version"),
-        }
 
 
 def _encode_new(
@@ -152,20 +128,6 @@ def _validity(vae_state: dict, unet_state: dict, n: int, seed: int) -> float | N
     return ok / total
 
 
-def _best_deciles(vae, x: torch.Tensor) -> np.ndarray:
-    """Per crystal, the decile under which the model reconstructs it best."""
-    k = vae.config.n_conditions
-    out = []
-    with torch.no_grad():
-        for xi in x:
-            xs = xi[None].expand(k, -1, -1, -1, -1)
-            cond = one_hot_decile(list(range(k)), k)
-            mu, _ = vae.encode(xs, cond)
-            err = (vae.decode(mu, cond) - xs).pow(2).flatten(1).mean(1)
-            out.append(int(err.argmin()))
-    return np.asarray(out, dtype=np.int64)
-
-
 def fine_tune(
     vae_state: dict[str, Any],
     unet_state: dict[str, Any],
@@ -174,11 +136,11 @@ def fine_tune(
     scale: str = "pw.x PBE formation energy at the campaign's settings",
     sources: Sequence[str] | None = None,
     settings: VoxelFineTuneSettings | None = None,
-) -> VoxelFineTune:
+) -> GeneratorFineTune:
     """Fine-tune the VAE checkpoint `vae_state` on the relaxed `structures` (with their DFT
     formation `energies` on `scale`), replaying its training data from `sources` (default: the
-    sources stored in the checkpoint, found on this machine by `locate_source`). Returns the verdict, both versions' figures and, when
-    it passed, the new checkpoint."""
+    sources stored in the checkpoint, found on this machine by `locate_source`). Returns the
+    verdict, both versions' figures and, when it passed, the new checkpoint."""
     settings = settings or VoxelFineTuneSettings()
     start = time.monotonic()
     voxel = VoxelSettings(**vae_state["voxel"])
@@ -187,7 +149,7 @@ def fine_tune(
         reason = (
             f"none of the {len(structures)} result(s) can be voxelised (a cubic cell is needed)"
         )
-        return VoxelFineTune(False, reason, 0, skipped)
+        return GeneratorFineTune(False, reason, 0, skipped)
     used = [int(i) for i in new.index]
     lut_known = set(unet_state["elements"])
     unknown = [
@@ -195,11 +157,11 @@ def fine_tune(
     ]
     if unknown:  # the UNet has no class for such an element: it could never decode it
         skipped["element the UNet does not know"] = len(unknown)
-        keep = [j for j in range(len(used)) if j not in set(unknown)]
+        keep = sorted(set(range(len(used))) - set(unknown))
         new.density, new.lattice = new.density[keep], new.lattice[keep]
         used = [used[j] for j in keep]
         if not used:
-            return VoxelFineTune(False, "no usable result", 0, skipped)
+            return GeneratorFineTune(False, "no usable result", 0, skipped)
 
     stored = vae_state["data"]["source"].split("+")
     specs = [locate_source(s) for s in stored] if sources is None else list(sources)
@@ -228,7 +190,7 @@ def fine_tune(
         new_deciles = assign_deciles(values, edges)
         condition = f"energies on the model's scale ({model_scale}); decile edges re-fitted"
     else:
-        new_deciles = _best_deciles(vae, x_new)
+        new_deciles = vae.best_condition(x_new)
         condition = (
             f"best-reconstruction decile: the results are on {scale!r}, the model's deciles "
             f"on {model_scale!r}; edges kept"
@@ -290,9 +252,9 @@ def fine_tune(
     }
     b, a = metrics["before"], metrics["after"]
 
-    def refused(reason: str) -> VoxelFineTune:
+    def refused(reason: str) -> GeneratorFineTune:
         a["seconds"] = round(time.monotonic() - start, 1)
-        return VoxelFineTune(False, reason, len(used), skipped, metrics, condition=condition)
+        return GeneratorFineTune(False, reason, len(used), skipped, metrics, condition=condition)
 
     if not a["held_out_mse"] <= b["held_out_mse"] * (1 + settings.mse_tolerance):  # or NaN
         return refused(
@@ -303,9 +265,10 @@ def fine_tune(
     out = copy.copy(vae_state)
     out |= {"state_dict": weights, "model_version": model_version(weights)}
     out["decile_edges"] = [float(e) for e in edges]
-    out["latent_prior"] = _refit_prior(
-        vae, old, train_rows, old_deciles, (ds, cs), x_new, new_deciles
-    )
+    # the fine-tune moved the posteriors: sampling must draw where the decoder now works
+    with torch.no_grad():
+        new_mu = vae.encode(x_new, one_hot_decile(new_deciles, vae.config.n_conditions))[0]
+    out["latent_prior"] = fit_latent_prior(torch.cat([posterior_means(out, old), new_mu]))
     validity_after = _validity(out, unet_state, settings.samples, settings.seed)
     if validity_after is not None:
         a["sample_validity"] = validity_after
@@ -322,18 +285,4 @@ def fine_tune(
     }
     out.pop("optimizer", None)
     out.pop("train_state", None)
-    return VoxelFineTune(True, "passed", len(used), skipped, metrics, out, condition)
-
-
-@torch.no_grad()
-def _refit_prior(vae, old, rows, deciles, scales, x_new, new_deciles) -> dict[str, Any]:
-    """The latent prior fitted again, on the training crystals and the new ones: the
-    fine-tune moved the posteriors, and sampling must draw where the decoder now works."""
-    k = vae.config.n_conditions
-    mus = []
-    for s in range(0, len(rows), 50):
-        part = rows[s : s + 50]
-        x = vae_input(old.density[part], old.lattice[part], *scales)
-        mus.append(vae.encode(x, one_hot_decile(deciles[part], k))[0])
-    mus.append(vae.encode(x_new, one_hot_decile(new_deciles, k))[0])
-    return fit_latent_prior(torch.cat(mus))
+    return GeneratorFineTune(True, "passed", len(used), skipped, metrics, out, condition)

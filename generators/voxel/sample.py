@@ -394,13 +394,7 @@ class VoxelGenerator:
             return self.decile_of(float(props[self.property])), "property"
         structure = _structure_of(base)
         x, _ = self.encode_grids([structure])
-        x = x.expand(self.n_deciles, -1, -1, -1, -1).to(self.device)
-        cond = one_hot_decile(list(range(self.n_deciles)), self.n_deciles).to(self.device)
-        with torch.no_grad():
-            mu, _ = self.vae.encode(x, cond)
-            recon = self.vae.decode(mu, cond)
-        err = (recon - x).pow(2).flatten(1).mean(1)
-        return int(err.argmin()), "best-reconstruction"
+        return int(self.vae.best_condition(x.to(self.device))[0]), "best-reconstruction"
 
     def sample_around(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -99,6 +100,19 @@ class ConditionalVAE(nn.Module):
             h = block(h)
             h = F.interpolate(h, scale_factor=2, mode="trilinear", align_corners=False)
         return self.head(self.out_block(h))
+
+    @torch.no_grad()
+    def best_condition(self, x: torch.Tensor) -> np.ndarray:
+        """Per input, the condition decile under which the model reconstructs it best: the
+        condition of a crystal whose property is unknown on the model's scale."""
+        k = self.config.n_conditions
+        cond = one_hot_decile(list(range(k)), k).to(x.device)
+        out = []
+        for xi in x:
+            xs = xi[None].expand(k, -1, -1, -1, -1)
+            mu, _ = self.encode(xs, cond)
+            out.append(int((self.decode(mu, cond) - xs).pow(2).flatten(1).mean(1).argmin()))
+        return np.asarray(out, dtype=np.int64)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
