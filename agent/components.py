@@ -29,9 +29,15 @@ def _split(total: int, parts: int) -> list[int]:
 class GeneratorSlot:
     """One configured generator: knows how to draw its share of a cycle's candidates."""
 
-    def __init__(self, config: GeneratorConfig, campaign_elements: list[str] | None = None):
+    def __init__(
+        self,
+        config: GeneratorConfig,
+        campaign_elements: list[str] | None = None,
+        funnel_charge_balance: bool = False,
+    ):
         self.config = config
         self.campaign_elements = campaign_elements
+        self.funnel_charge_balance = funnel_charge_balance
         self._impl: Any = None
         self.version = "configured"  # or the campaign's fine-tuned version once deployed
 
@@ -62,6 +68,8 @@ class GeneratorSlot:
                     avoid_training_formulas=opts.avoid_training_formulas,
                     training_inventories=opts.training_inventories,
                     arrangement=opts.arrangement,
+                    charge_balance=opts.charge_balance
+                    or ("oxidation-states" if self.funnel_charge_balance else "smact"),
                 )
                 if state is not None:  # a version fine-tuned on the campaign's DFT results
                     return FingerprintGenerator(state, **options)
@@ -172,7 +180,10 @@ def _base_structure(spec: str) -> Structure:
 class Components:
     def __init__(self, config: CampaignConfig, backend: Any = None):
         self.config = config
-        self.generators = [GeneratorSlot(g, config.filters.elements) for g in config.generators]
+        self.generators = [
+            GeneratorSlot(g, config.filters.elements, config.filters.charge_balance)
+            for g in config.generators
+        ]
         self._backend = backend
         self._surrogate: Any = None
         self.surrogate_version: str | None = None

@@ -116,6 +116,13 @@ class FingerprintOptions(_Section):
         "of lowest electrostatic energy among slots of equal count and charge sign; template "
         "= the training crystal's slot order (measured: Sr on a perovskite's octahedral site)",
     )
+    charge_balance: Literal["smact", "oxidation-states"] | None = Field(
+        None,
+        description="how a drawn composition's charge balance is judged: smact = SMACT's "
+        "full oxidation-state lists (CDVAE's composition validity), oxidation-states = "
+        "pymatgen's common ones, the funnel's charge_balance test; None = oxidation-states "
+        "when filters.charge_balance is on, else smact",
+    )
     trials: int = Field(1, ge=1, le=64, description="inversion trials per sample")
     hops: int = Field(1, ge=1, le=50, description="basin-hopping hops per sample")
     steps_per_hop: int = Field(25, ge=1, le=1000, description="Adam steps per hop")

@@ -35,6 +35,7 @@ __all__ = [
     "CDVAE_MATCHER",
     "composition_fingerprint",
     "composition_valid",
+    "oxidation_states_balanced",
     "coverage",
     "evaluate_samples",
     "fingerprints",
@@ -127,6 +128,27 @@ def composition_valid(composition: Composition | str) -> bool:
     divisor = math.gcd(*counts.values())
     key = tuple(sorted((el, n // divisor) for el, n in counts.items()))
     return _smact_valid(key)
+
+
+def oxidation_states_balanced(composition: Composition | str) -> bool:
+    """Whether pymatgen finds a charge-neutral assignment of its ICSD-common oxidation states
+    (``oxi_state_guesses``); single elements pass. Stricter than `composition_valid`: SMACT's
+    full lists include states such as Ti(-1) that let BaSrTi2O through. This is the campaign
+    funnel's charge-balance test, so a generator that draws compositions with it proposes
+    only formulas the funnel keeps."""
+    comp = Composition(composition)
+    counts = _integer_counts(comp)
+    if not counts:
+        return False
+    divisor = math.gcd(*counts.values())
+    return _oxi_balanced(tuple(sorted((el, n // divisor) for el, n in counts.items())))
+
+
+@lru_cache(maxsize=65536)
+def _oxi_balanced(counts: tuple[tuple[str, int], ...]) -> bool:
+    if len(counts) == 1:
+        return True  # an element is neutral by definition
+    return bool(Composition(dict(counts)).oxi_state_guesses(max_sites=-20))
 
 
 # ----------------------------------------------------------------------------- fingerprints

@@ -102,22 +102,15 @@ class MinDistanceFilter(FilterStep):
 
 class ChargeBalanceFilter(FilterStep):
     """At least one charge-neutral assignment of common oxidation states (pymatgen's
-    `oxi_state_guesses`, cached per formula: batches repeat formulas a lot)."""
+    `oxi_state_guesses`, cached per reduced formula: batches repeat formulas a lot)."""
 
     name = "charge_balance"
 
-    def __init__(self) -> None:
-        self._cache: dict[str, bool] = {}
+    @staticmethod
+    def balanced(composition: Composition) -> bool:
+        from generators.generation_metrics import oxidation_states_balanced
 
-    def balanced(self, composition: Composition) -> bool:
-        key = composition.reduced_formula
-        if key not in self._cache:
-            if len(composition.elements) == 1:
-                self._cache[key] = True  # elements are neutral by definition
-            else:
-                guesses = composition.reduced_composition.oxi_state_guesses(max_sites=-20)
-                self._cache[key] = bool(guesses)
-        return self._cache[key]
+        return oxidation_states_balanced(composition)
 
     def reasons(self, candidates, index, context):
         out = []
