@@ -15,14 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Composition
 
 from agent.components import Components
 from agent.config import CampaignConfig
 from agent.faults import checkpoint
 from agent.hull import update_hull
-from agent.retrain import RetrainManager, describe
+from agent.retrain import RetrainManager
 from agent.store import Store
+from agent.summary import campaign_summary, known_match
 
 PHASES = ("generate", "screen", "select", "submit", "done")
 ACTIVE = ("submitted", "running")
@@ -435,58 +436,10 @@ class CampaignRunner:
 
     # ----------------------------------------------------------------- report
     def summary(self) -> dict[str, Any]:
-        doc = self._campaign()
-        return {
-            "campaign": self.name,
-            "state": doc.get("state"),
-            "cycle": doc.get("cycle"),
-            "counts": self.store.count_by_status(self.name),
-            "best": [
-                {
-                    "formula": b.get("formula"),
-                    "formation_energy_per_atom": b.get("formation_energy_per_atom"),
-                    "e_above_hull": b.get("e_above_hull"),
-                    "predicted": (
-                        b.get("predicted_formation_energy") or b.get("predicted") or {}
-                    ).get("mean"),
-                    "generator": self._generator_of(b.get("candidate_id")),
-                    "novelty": self._novelty_of(b),
-                    "discovery": bool(b.get("discovery")),
-                }
-                for b in self.store.best_materials(self.name, limit=10)
-            ],
-            "model": (self.store.deployed_model(self.name) or {}).get("version"),
-            "retraining": [
-                {
-                    "version": m.get("version"),
-                    "state": m.get("state"),
-                    "heads": m.get("holdout_metrics") or {},
-                    "lines": describe(m),
-                }
-                for m in self.store.list_models(self.name, "surrogate")
-            ],
-        }
+        return campaign_summary(self.store, self.name, self.components)
 
     def _known_match(self, structure: Any) -> str | None:
-        if self.components.known is None:
-            return None
-        if isinstance(structure, dict):
-            structure = Structure.from_dict(structure)
-        return self.components.known.find(structure)
-
-    def _novelty_of(self, material: dict) -> str | None:
-        """'new' / 'known <match>' for the DFT-relaxed crystal (stored when it completed), or
-        None when the campaign names no known sources."""
-        if self.components.known is None:
-            return None
-        if "known_match" not in material and material.get("structure"):
-            material["known_match"] = self._known_match(material["structure"])
-        match = material.get("known_match")
-        return "new" if match is None else f"known {match}"
-
-    def _generator_of(self, candidate_id: str | None) -> str | None:
-        doc = self.store.get_candidate(candidate_id) if candidate_id else None
-        return ((doc or {}).get("provenance") or {}).get("generator")
+        return known_match(self.components, structure)
 
 
 def _finite(value: Any) -> float | None:

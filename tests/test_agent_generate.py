@@ -52,8 +52,9 @@ def test_voxel_deciles_draw_different_latents():
 
 def test_fingerprint_generator_in_a_campaign_stays_inside_its_chemical_space(crystalloop_home):
     """The shipped fingerprint model through the campaign's generate and screen phases: its
-    samples carry the campaign's elements (filters.elements is the default element set), the
-    funnel sees them, and each stored candidate names its generator and inversion loss."""
+    samples carry the campaign's elements (filters.elements is the default element set), are
+    charge balanced the way the funnel judges it (filters.charge_balance is on by default),
+    the funnel sees them, and each stored candidate names its generator and inversion loss."""
     config = CampaignConfig.model_validate(
         {
             "name": "fp-campaign",
@@ -76,6 +77,7 @@ def test_fingerprint_generator_in_a_campaign_stays_inside_its_chemical_space(cry
     after = store.find_candidates(config.name, ("pooled", "rejected"), cycle=1)
     assert len(after) == len(docs)
     assert all(d["status"] != "rejected" or d.get("filters") for d in after)
+    assert not [d for d in after if "charge_balance" in (d.get("filters") or {})]
     (cycle,) = store.cycles(config.name)
     assert cycle["pooled"] + cycle["rejected"] == len(docs) == cycle["generated"]
     store.close()

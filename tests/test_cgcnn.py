@@ -17,7 +17,8 @@ from policies.cgcnn import (
 )
 from policies.graphs import build_graphs
 from policies.settings import PolicySettings
-from policies.surrogate import PROPERTIES, Surrogate, load_default, regression_metrics
+from policies.surrogate import PROPERTIES, Surrogate, load_default
+from policies.surrogate_training import regression_metrics
 
 
 @pytest.fixture(scope="module")

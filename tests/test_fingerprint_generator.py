@@ -189,6 +189,22 @@ def test_element_set_keeps_samples_inside_the_chemical_space(tiny_checkpoint):
         FingerprintGenerator.load(tiny_checkpoint, max_sites=99)
 
 
+def test_compositions_can_be_drawn_with_the_funnels_charge_balance(tiny_checkpoint):
+    from generators.fingerprint.sample import FingerprintGenerator
+    from generators.generation_metrics import oxidation_states_balanced
+
+    gen = FingerprintGenerator.load(
+        tiny_checkpoint, training_inventories=False, charge_balance="oxidation-states"
+    )
+    out = gen.sample_random(12, 0, seed=5)
+    assert out
+    assert all(oxidation_states_balanced(c.structure.composition) for c in out)
+    rejected = gen.last_report["composition_rejections"]
+    assert "not charge balanced (smact)" not in rejected
+    with pytest.raises(ValueError, match="charge_balance must be one of"):
+        FingerprintGenerator.load(tiny_checkpoint, charge_balance="icsd")
+
+
 def test_samples_do_not_remake_training_formulas(tiny_checkpoint, small_csv):
     """A sample keeps the sites of its nearest training crystal: drawn with a training
     crystal's formula it would be that crystal again. Such draws are redrawn and counted."""
@@ -304,6 +320,13 @@ def test_campaign_options_are_typed():
     with pytest.raises(ConfigError, match="options.species: Input should be"):
         CampaignConfig.from_dict(
             {"name": "v", "generators": [{"name": "voxel", "options": {"species": "majority"}}]}
+        )
+    with pytest.raises(ConfigError, match="options.charge_balance: Input should be"):
+        CampaignConfig.from_dict(
+            {
+                "name": "fp",
+                "generators": [{"name": "fingerprint", "options": {"charge_balance": 1}}],
+            }
         )
     with pytest.raises(ConfigError, match="unknown generator 'fingerprints'"):
         CampaignConfig.from_dict({"name": "fp", "generators": [{"name": "fingerprints"}]})

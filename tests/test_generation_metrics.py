@@ -132,6 +132,21 @@ def test_composition_validity_matches_smact_full_oxidation_lists():
     assert not composition_valid({})
 
 
+def test_oxidation_state_balance_is_stricter_than_smact():
+    from generators.generation_metrics import oxidation_states_balanced
+
+    assert oxidation_states_balanced("SrTiO3")
+    assert oxidation_states_balanced("SrTiO2")  # Ti(+2)
+    assert oxidation_states_balanced("Ti2O3")
+    assert oxidation_states_balanced(_rocksalt().composition)
+    assert oxidation_states_balanced("Fe")  # an element is neutral
+    assert not oxidation_states_balanced("NaCl2")
+    # SMACT's full lists balance these with Ti(-1) / Ti(0); the common states do not
+    for formula in ("BaSrTi2O", "BaSrTiO2"):
+        assert composition_valid(formula) and not oxidation_states_balanced(formula)
+    assert not oxidation_states_balanced({})
+
+
 # ------------------------------------------------------------------------- fingerprints
 
 
