@@ -225,12 +225,15 @@ def generative_campaign(campaign, tmp_path: Path, matminer_dir: Path) -> tuple[P
                 "mode": "random-per-decile",
                 "deciles": [0, 1, 2],
                 # the sampler this test was sized with: in a five-element space the
-                # training inventories give too few relaxable formulas for its budget
+                # training inventories give too few relaxable formulas for its budget; and
+                # SMACT's charge balance (not the funnel's), so the funnel has something to
+                # reject and record
                 "options": {
                     "max_sites": 4,
                     "training_inventories": False,
                     "composition_temperature": 1.0,
                     "arrangement": "template",
+                    "charge_balance": "smact",
                 },
             }
         ],
