@@ -21,7 +21,8 @@ atomic between processes. This module keeps montydb's *query engine* (``QueryFil
   threads and processes, and a process killed mid-write leaves no half-written change;
 - errors and results are pymongo's (``DuplicateKeyError``, ``BulkWriteError``, ...).
 
-Only the subset of the collection API the store uses is implemented; the same tests run it,
+Documents are written by `embedded_json` and filters compiled by `embedded_sql`. Only the
+subset of the collection API the store uses is implemented; the same tests run it,
 mongomock and (when configured) a real MongoDB, plus a comparison with montydb's engine.
 Differences that remain: dates and ObjectIds round-trip through ``{"$date": ...}`` /
 ``{"$oid": ...}`` (aware UTC datetimes, millisecond precision like BSON); NaN/Infinity through
@@ -32,15 +33,11 @@ would refuse the second); ``$set`` through a field holding a scalar is ignored, 
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 import os
 import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,223 +46,18 @@ from montydb.engine.field_walker import FieldWalker
 from montydb.engine.project import Projector
 from montydb.engine.queries import QueryFilter, ordering
 from montydb.engine.update import Updator
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.results import DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SCALAR = (str, int, float)
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        value = value.astimezone(UTC)
-        # Fixed width and millisecond precision, like BSON: sorts as text, round-trips equal.
-        return {"$date": value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"}
-    if isinstance(value, ObjectId):
-        return {"$oid": str(value)}
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in a document")
-
-
-def _hook(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1:
-        if "$float" in obj:
-            return float(obj["$float"])
-        if "$date" in obj:
-            return datetime.strptime(obj["$date"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-        if "$oid" in obj:
-            return ObjectId(obj["$oid"])
-    return obj
-
-
-def _finite(value: Any) -> Any:
-    """NaN/Infinity are not JSON (SQLite's JSON functions reject them): tag them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"$float": repr(value)}
-    if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def encode(doc: Any) -> str:
-    text = json.dumps(doc, default=_default, separators=(",", ":"), allow_nan=True)
-    if "NaN" in text or "Infinity" in text:  # rare: only then walk the document
-        text = json.dumps(_finite(doc), default=_default, separators=(",", ":"), allow_nan=False)
-    return text
-
-
-def decode(text: str) -> Any:
-    return json.loads(text, object_hook=_hook)
-
-
-def _key(value: Any) -> str:
-    """The primary-key text of an ``_id``: its canonical JSON (str, ObjectId, int, ...)."""
-    return json.dumps(value, default=_default, separators=(",", ":"), sort_keys=True)
-
-
-def _path(field: str) -> str:
-    parts = field.split(".")
-    if not all(_NAME.match(part) for part in parts):
-        raise OperationFailure(f"embedded store: unsupported field name {field!r}")
-    return "$." + ".".join(f'"{part}"' for part in parts)
-
-
-def _translatable(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, _SCALAR) and not isinstance(value, bool)
-
-
-class _Plan:
-    """A filter as SQL: ``where`` selects a superset of the matches; ``exact`` says SQL alone
-    decides (no Python check needed). Fields that ever held an array in this collection
-    (``arrays``) get a guard, because MongoDB's ``{"f": v}`` also matches arrays containing v;
-    other fields compile to plain comparisons the expression indexes serve."""
-
-    def __init__(self, spec: Mapping[str, Any], arrays: set[str] = frozenset()):
-        self.clauses: list[str] = []
-        self.params: list[Any] = []
-        self.exact = True
-        for field, cond in spec.items():
-            if field.startswith("$") or not _NAME.match(field):  # operators, dotted, odd names
-                self.exact = False
-                continue
-            if field == "_id":
-                if _translatable(cond) or isinstance(cond, ObjectId):
-                    self.clauses.append("id = ?")
-                    self.params.append(_key(cond))
-                elif (values := _in_list(cond)) is not None:
-                    self.clauses.append(f"id IN ({','.join('?' * len(values))})")
-                    self.params.extend(_key(v) for v in values)
-                else:
-                    self.exact = False
-                continue
-            expr = f"json_extract(doc, '{_path(field)}')"
-            if cond is None:
-                clause, params = f"{expr} IS NULL", []
-            elif _translatable(cond):
-                clause, params = f"{expr} = ?", [cond]
-            elif (values := _in_list(cond)) is not None:
-                clause, params = f"{expr} IN ({','.join('?' * len(values))})", values
-            elif (ranges := _range(cond)) is not None:
-                kind, bounds = ranges
-                if kind == "date":
-                    date = f"json_extract(doc, '{_path(field)}.\"$date\"')"
-                    terms = [f"{date} {op} ?" for op, _ in bounds]
-                else:  # numbers compare only with numbers, as in MongoDB
-                    terms = [f"json_type(doc, '{_path(field)}') IN ('integer', 'real')"]
-                    terms += [f"{expr} {op} ?" for op, _ in bounds]
-                clause, params = " AND ".join(terms), [v for _, v in bounds]
-            else:
-                self.exact = False
-                continue
-            if field in arrays:  # superset; montydb's engine decides these rows
-                clause = f"({clause} OR json_type(doc, '{_path(field)}') IS 'array')"
-                self.exact = False
-            self.clauses.append(clause)
-            self.params.extend(params)
-
-    @property
-    def where(self) -> str:
-        return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
-
-
-def _sql_projection(projection: Any) -> tuple[str, list[Any]] | None:
-    """A top-level inclusion or exclusion projection as an SQL expression over ``doc``."""
-    if not projection:
-        return None
-    if isinstance(projection, list | tuple):
-        projection = dict.fromkeys(projection, 1)
-    fields = {k: bool(v) for k, v in projection.items() if not isinstance(v, Mapping)}
-    if len(fields) != len(projection) or any("." in f or not _NAME.match(f) for f in fields):
-        return None
-    include = {f for f, on in fields.items() if on and f != "_id"}
-    exclude = {f for f, on in fields.items() if not on and f != "_id"}
-    if include and exclude:
-        return None
-    with_id = fields.get("_id", True)
-    if include or (not exclude and with_id):  # inclusion (or {"_id": 1} alone)
-        keys = include | ({"_id"} if with_id else set())
-        marks = ",".join("?" * len(keys))
-        return (
-            f"(SELECT json_group_object(key, value) FROM json_each(doc) WHERE key IN ({marks}))",
-            sorted(keys),
-        )
-    removed = sorted(exclude | (set() if with_id else {"_id"}))
-    return "json_remove(doc, " + ", ".join(f"'{_path(f)}'" for f in removed) + ")", []
-
-
-@functools.lru_cache(maxsize=256)
-def _set_expr(fields: tuple[str, ...]) -> str | None:
-    """The ``json_set`` expression for ``$set`` of these fields (values bound as parameters)."""
-    parents: list[str] = []
-    for field in fields:
-        parts = field.split(".")
-        if field == "_id" or not all(_NAME.match(p) for p in parts):
-            return None
-        for k in range(1, len(parts)):
-            prefix = ".".join(parts[:k])
-            if prefix in fields:  # conflicting paths: let montydb raise MongoDB's error
-                return None
-            if prefix not in parents:
-                parents.append(prefix)
-    # Missing sub-documents first, one nested json_set per level: SQLite (before 3.45) does not
-    # descend into nodes that the same json_set call inserted.
-    expr = "doc"
-    for prefix in sorted(parents, key=lambda p: p.count(".")):
-        path = _path(prefix)
-        expr = f"json_set({expr}, '{path}', json(coalesce(doc -> '{path}', '{{}}')))"
-    return f"json_set({expr}, " + ", ".join(f"'{_path(f)}', json(?)" for f in fields) + ")"
-
-
-def _sql_set(update: Mapping[str, Any]) -> tuple[str, list[Any], set[str]] | None:
-    """A pure ``$set`` as a ``json_set`` expression (SQLite does the update in C), with the
-    top-level fields that receive arrays; None when montydb's ``Updator`` must do it."""
-    if list(update) != ["$set"] or not isinstance(update["$set"], Mapping) or not update["$set"]:
-        return None
-    fields = update["$set"]
-    expr = _set_expr(tuple(fields))
-    if expr is None:
-        return None
-    arrays = {f for f, v in fields.items() if "." not in f and isinstance(v, list | tuple)}
-    return expr, [encode(v) for v in fields.values()], arrays
-
-
-_OPS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-
-
-def _range(cond: Any) -> tuple[str, list[tuple[str, Any]]] | None:
-    """``{"$gt": x, "$lte": y}`` on numbers or datetimes as SQL comparisons, else None."""
-    if not isinstance(cond, Mapping) or not cond or not set(cond) <= set(_OPS):
-        return None
-    values = list(cond.values())
-    if all(isinstance(v, datetime) for v in values):
-        return "date", [(_OPS[op], _default(v)["$date"]) for op, v in cond.items()]
-    if all(_translatable(v) and not isinstance(v, str) for v in values):
-        return "number", [(_OPS[op], v) for op, v in cond.items()]
-    return None
-
-
-def _in_list(cond: Any) -> list[Any] | None:
-    if isinstance(cond, Mapping) and list(cond) == ["$in"]:
-        values = list(cond["$in"])
-        if values and all(_translatable(v) for v in values) and len(values) < 30000:
-            return values
-    return None
+from agent.store.embedded_json import decode, encode, key_of
+from agent.store.embedded_sql import FIELD_NAME, SqlPlan, json_path, sql_projection, sql_set
 
 
 class EmbeddedCollection:
     """A pymongo-compatible collection (the subset crystalloop uses) in one SQLite table."""
 
     def __init__(self, database: EmbeddedDatabase, name: str):
-        if not _NAME.match(name):
+        if not FIELD_NAME.match(name):
             raise ValueError(f"invalid collection name {name!r}")
         self.database = database
         self.name = name
@@ -310,13 +102,14 @@ class EmbeddedCollection:
         """Documents matching ``spec`` (projected), SQL deciding whatever it can: filter,
         order, limit and projection run in SQLite unless montydb's engine must check rows."""
         conn = conn or self._conn
-        plan = _Plan(spec, self._arrays(conn))
-        sql_proj = _sql_projection(projection) if plan.exact else None
+        plan = SqlPlan(spec, self._arrays(conn))
+        sql_proj = sql_projection(projection) if plan.exact else None
         column, proj_params = sql_proj if sql_proj else ("doc", [])
         sql = f"SELECT {column} FROM [{self._table}]{plan.where}"
         if sort:
             order = ", ".join(
-                f"json_extract(doc, '{_path(f)}') {'ASC' if d >= 0 else 'DESC'}" for f, d in sort
+                f"json_extract(doc, '{json_path(f)}') {'ASC' if d >= 0 else 'DESC'}"
+                for f, d in sort
             )
             sql += f" ORDER BY {order}"
         if plan.exact and (limit or skip):
@@ -345,7 +138,7 @@ class EmbeddedCollection:
             keys = [(keys, 1)]
         fields = [f for f, _ in keys]
         name = name or "_".join(f"{f}_{d}" for f, d in keys)
-        exprs = ", ".join(f"json_extract(doc, '{_path(f)}')" for f in fields)
+        exprs = ", ".join(f"json_extract(doc, '{json_path(f)}')" for f in fields)
         index = f"ix_{self.name}_{re.sub(r'[^A-Za-z0-9_]', '_', name)}"
         with self._transaction() as conn:
             conn.execute(
@@ -361,7 +154,7 @@ class EmbeddedCollection:
             try:
                 conn.execute(
                     f"INSERT INTO [{self._table}](id, doc) VALUES (?, ?)",
-                    (_key(document["_id"]), self._encode_doc(document, self._arrays(conn))),
+                    (key_of(document["_id"]), self._encode_doc(document, self._arrays(conn))),
                 )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateKeyError(f"E11000 duplicate key: {exc}", 11000) from exc
@@ -379,7 +172,7 @@ class EmbeddedCollection:
             for index, doc in enumerate(docs):
                 doc.setdefault("_id", ObjectId())
                 try:
-                    conn.execute(sql, (_key(doc["_id"]), self._encode_doc(doc, arrays)))
+                    conn.execute(sql, (key_of(doc["_id"]), self._encode_doc(doc, arrays)))
                 except sqlite3.IntegrityError as exc:
                     errors.append({"index": index, "code": 11000, "errmsg": f"E11000 {exc}"})
                     if ordered:
@@ -413,8 +206,8 @@ class EmbeddedCollection:
         """Update matching documents inside the caller's transaction: (matched, modified);
         without ``count`` matched is not computed (-1) - bulk callers only need modified."""
         arrays = self._arrays(conn) if arrays is None else arrays
-        plan = _Plan(spec, arrays)
-        fast = _sql_set(update) if plan.exact else None
+        plan = SqlPlan(spec, arrays)
+        fast = sql_set(update) if plan.exact else None
         if fast is not None:
             expr, params, new_arrays = fast
             if new_arrays - arrays:
@@ -444,7 +237,7 @@ class EmbeddedCollection:
             walker = FieldWalker(doc)
             if updator(walker):
                 modified += 1
-                changed.append((self._encode_doc(walker.doc, arrays), _key(doc["_id"])))
+                changed.append((self._encode_doc(walker.doc, arrays), key_of(doc["_id"])))
             if not many:
                 break
         conn.executemany(f"UPDATE [{self._table}] SET doc = ? WHERE id = ?", changed)
@@ -474,7 +267,7 @@ class EmbeddedCollection:
         updator(walker, do_insert=True)
         conn.execute(
             f"INSERT INTO [{self._table}](id, doc) VALUES (?, ?)",
-            (_key(walker.doc["_id"]), self._encode_doc(walker.doc, self._arrays(conn))),
+            (key_of(walker.doc["_id"]), self._encode_doc(walker.doc, self._arrays(conn))),
         )
         return walker.doc["_id"]
 
@@ -506,8 +299,8 @@ class EmbeddedCollection:
 
             try:
                 for spec, update in operations:
-                    plan = _Plan(spec, arrays)
-                    fast = _sql_set(update) if plan.exact else None
+                    plan = SqlPlan(spec, arrays)
+                    fast = sql_set(update) if plan.exact else None
                     if (
                         fast is None
                         or not plan.where.startswith(" WHERE id = ?")
@@ -547,7 +340,7 @@ class EmbeddedCollection:
                 new_id = self._upsert(conn, filter, updator)
                 after = decode(
                     conn.execute(
-                        f"SELECT doc FROM [{self._table}] WHERE id = ?", (_key(new_id),)
+                        f"SELECT doc FROM [{self._table}] WHERE id = ?", (key_of(new_id),)
                     ).fetchone()[0]
                 )
                 return _project(after, projection, filter) if return_document else None
@@ -556,7 +349,7 @@ class EmbeddedCollection:
                 try:
                     conn.execute(
                         f"UPDATE [{self._table}] SET doc = ? WHERE id = ?",
-                        (self._encode_doc(walker.doc, self._arrays(conn)), _key(before["_id"])),
+                        (self._encode_doc(walker.doc, self._arrays(conn)), key_of(before["_id"])),
                     )
                 except sqlite3.IntegrityError as exc:
                     raise DuplicateKeyError(f"E11000 duplicate key: {exc}", 11000) from exc
@@ -567,7 +360,7 @@ class EmbeddedCollection:
         with self._transaction() as conn:
             ids = []
             for doc in self._rows(spec, conn=conn, projection={"_id": 1}):
-                ids.append((_key(doc["_id"]),))
+                ids.append((key_of(doc["_id"]),))
                 if not many:
                     break
             conn.executemany(f"DELETE FROM [{self._table}] WHERE id = ?", ids)
@@ -590,7 +383,7 @@ class EmbeddedCollection:
     ) -> Iterator[dict[str, Any]]:
         spec = dict(filter or {})
         sort = list(sort or [])
-        if sort and not all(_NAME.match(f) for f, _ in sort):  # nested paths: montydb order
+        if sort and not all(FIELD_NAME.match(f) for f, _ in sort):  # nested paths: montydb order
             docs = [w.doc for w in ordering([FieldWalker(d) for d in self._rows(spec)], dict(sort))]
             docs = docs[skip:]
             docs = docs[: abs(limit)] if limit else docs
@@ -604,7 +397,7 @@ class EmbeddedCollection:
 
     def count_documents(self, filter: Mapping[str, Any]) -> int:
         conn = self._conn
-        plan = _Plan(filter, self._arrays(conn))
+        plan = SqlPlan(filter, self._arrays(conn))
         if plan.exact:
             sql = f"SELECT COUNT(*) FROM [{self._table}]{plan.where}"
             return conn.execute(sql, plan.params).fetchone()[0]
@@ -660,7 +453,7 @@ class EmbeddedDatabase:
     """One SQLite file (WAL journal) holding every collection of a database."""
 
     def __init__(self, client: EmbeddedClient, name: str):
-        if not _NAME.match(name):
+        if not FIELD_NAME.match(name):
             raise ValueError(f"invalid database name {name!r}")
         self.client = client
         self.name = name
