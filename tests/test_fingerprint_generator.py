@@ -357,16 +357,16 @@ def test_drawn_elements_take_the_template_sites_of_lowest_ewald_energy():
     """A perovskite template whose slot 0 sat on the octahedral site would put Sr there and
     Ti on the 12-fold site (what the demo relaxed once: -0.75 eV/atom instead of SrTiO3's
     -3.4); the Ewald arrangement swaps the two cations and leaves the anions alone."""
-    from generators.fingerprint.sample import _arrange
+    from generators.fingerprint.arrange import arrange_on_template
 
     octahedral_first = np.array(
         [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.0, 0.5, 0.0], [0.0, 0.0, 0.5], [0.5, 0.0, 0.0]]
     )
-    out = _arrange(["Sr", "Ti", "O"], [1, 1, 3], octahedral_first, 3.9)
+    out = arrange_on_template(["Sr", "Ti", "O"], [1, 1, 3], octahedral_first, 3.9)
     assert out[0].tolist() == [0.5, 0.5, 0.5] and out[1].tolist() == [0.0, 0.0, 0.0]
     assert np.array_equal(out[2:], octahedral_first[2:])
     # already right: unchanged; no oxidation states to be had: the template's order
-    assert np.array_equal(_arrange(["Sr", "Ti", "O"], [1, 1, 3], out, 3.9), out)
+    assert np.array_equal(arrange_on_template(["Sr", "Ti", "O"], [1, 1, 3], out, 3.9), out)
     assert np.array_equal(
-        _arrange(["Ba", "Sr", "Ti"], [1, 1, 3], octahedral_first, 3.9), octahedral_first
+        arrange_on_template(["Ba", "Sr", "Ti"], [1, 1, 3], octahedral_first, 3.9), octahedral_first
     )

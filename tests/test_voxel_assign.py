@@ -11,8 +11,8 @@ from pymatgen.core import Lattice, Structure
 from generators.generation_metrics import composition_valid
 from generators.voxel.assign import AssignmentSettings, assign_species
 from generators.voxel.encode import encode
-from generators.voxel.sample import decode_voxels
 from generators.voxel.settings import VoxelSettings
+from generators.voxel.unet_decode import decode_voxels
 
 # Z: Ne 10, O 8, Ti 22, Ba 56, Ar 18
 ELEMENTS = np.array([8, 10, 18, 22, 56])

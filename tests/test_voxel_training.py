@@ -140,6 +140,36 @@ def test_vae_warm_up_without_unet_then_with_it(data, unet_ckpt, tmp_path):
     assert [p["alpha"] for p in phases] == [0.0, 1.0]
 
 
+def test_a_shipped_vae_continues_with_batch_norm_frozen(data, unet_ckpt, tmp_path):
+    """A slim checkpoint (weights only, as shipped) resumes with a fresh optimizer from its
+    step count, and with frozen batch norm the running statistics stay what they were while
+    the weights move and the held-out loss falls."""
+    path = tmp_path / "vae.pt"
+    first = train_vae(data, unet_ckpt, path, tiny_settings(), progress=False, log=lambda m: None)
+    slim = tmp_path / "slim.pt"
+    torch.save(slim_checkpoint(load_checkpoint(path, "vae")), slim)
+    before = load_checkpoint(slim, "vae")["state_dict"]
+    lines: list[str] = []
+    more = train_vae(
+        data,
+        unet_ckpt,
+        tmp_path / "more.pt",
+        tiny_settings(vae_epochs=6, vae_freeze_batchnorm=True),
+        resume=slim,
+        progress=False,
+        log=lines.append,
+    )
+    assert any("optimizer state starts fresh" in line for line in lines)
+    assert more.steps > first.steps  # continues the count: 4 batches per epoch, epochs 1..5
+    after = load_checkpoint(tmp_path / "more.pt", "vae")
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after["state_dict"][k]) for k in stats)
+    weights = [k for k in before if k.endswith("weight")]
+    assert any(not torch.equal(before[k], after["state_dict"][k]) for k in weights)
+    assert more.metrics["val_total"] < first.metrics["val_total"]
+    assert after["phases"][-1]["frozen_batchnorm"] is True
+
+
 def test_checkpoint_round_trip(data, unet_ckpt, tmp_path):
     state = load_checkpoint(unet_ckpt, "unet")
     model = build_unet(state)

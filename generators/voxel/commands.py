@@ -119,6 +119,12 @@ def register(app: typer.Typer) -> None:
         beta: float = typer.Option(None, help="KL weight (paper default 0.0005)"),
         latent: int = typer.Option(None, help="latent dimension (paper default 256)"),
         channels: str = typer.Option(None, help="encoder channels per level, e.g. '8,16,32,64,64'"),
+        freeze_batchnorm: bool = typer.Option(
+            None,
+            "--freeze-batchnorm/--no-freeze-batchnorm",
+            help="batch norm uses (and keeps) its running statistics while training: optimises "
+            "what sampling computes; use when continuing a trained model",
+        ),
         property_key: str = typer.Option(
             "formation_energy_per_atom", "--property", help="conditioning property (deciles)"
         ),
@@ -141,6 +147,7 @@ def register(app: typer.Typer) -> None:
             beta=beta,
             latent_dim=latent,
             vae_channels=_channels(channels),
+            vae_freeze_batchnorm=freeze_batchnorm,
             property=property_key,
             max_minutes=max_minutes,
             seed=seed,

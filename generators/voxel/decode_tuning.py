@@ -77,7 +77,7 @@ def score(
     from pymatgen.core import Structure
 
     from generators.metrics import delta_n_sites, emd
-    from generators.voxel.sample import decode_voxels
+    from generators.voxel.unet_decode import decode_voxels
 
     emds, dns = [], []
     for (species, confidence, length), true in zip(outputs, truths, strict=True):

@@ -38,7 +38,7 @@ from generators.voxel.train_loop import (
     voxel_info,
 )
 from generators.voxel.training_settings import GeneratorSettings
-from generators.voxel.vae import ConditionalVAE, VAEConfig, one_hot_decile
+from generators.voxel.vae import ConditionalVAE, VAEConfig, freeze_batchnorm, one_hot_decile
 
 
 def train_vae(
@@ -105,11 +105,21 @@ def train_vae(
     if state is not None:
         phases = list(state.get("phases", []))
         check_resume(state, data, settings, log)
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+        )
+        if "optimizer" in state:
+            opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["train_state"]["torch_rng"])
+        else:  # a shipped (slim) checkpoint: weights only, so Adam's moments start afresh
+            log("VAE: resuming a slim checkpoint: optimizer state starts fresh")
+            final = state["metrics"]["final"]
+            state["train_state"] = {
+                "step": int(final.get("step", 0)),
+                "epoch": int(final.get("epoch", 0)),  # a new epoch's order, not epoch 0's again
+            }
         for group in opt.param_groups:  # a resumed run may change the learning rate
             group["lr"] = settings.vae_lr
-        torch.set_rng_state(state["train_state"]["torch_rng"])
         history = state["metrics"]["history"]
     log(
         f"VAE: {sum(p.numel() for p in model.parameters()):,} parameters, latent "
@@ -125,8 +135,14 @@ def train_vae(
             "alpha": settings.alpha if features is not None else 0.0,
             "beta": settings.beta,
             "batch": settings.vae_batch,
+            "frozen_batchnorm": settings.vae_freeze_batchnorm,
         }
     )
+
+    def train_mode() -> None:
+        model.train()
+        if settings.vae_freeze_batchnorm:
+            freeze_batchnorm(model)
 
     def tensors(index: np.ndarray, rotations: np.ndarray | None = None):
         dens = torch.from_numpy(data.density[index] / density_scale).float().unsqueeze(1)
@@ -157,7 +173,7 @@ def train_vae(
                     .abs()
                     .sum()
                 )
-        model.train()
+        train_mode()
         n = len(vi)
         return {f"val_{k}": v / n for k, v in sums.items()} | {"val_lattice_mae": lat_err / n}
 
@@ -195,7 +211,7 @@ def train_vae(
         opt.step()
         return parts["total"].item()
 
-    model.train()
+    train_mode()
     metrics = loop.run(
         "VAE",
         settings.vae_epochs,

@@ -43,6 +43,11 @@ class GeneratorSettings(BaseSettings):
     vae_epochs: int = Field(10, ge=1)
     alpha: float = Field(1.0, ge=0, description="perceptual-loss weight (paper: 1.0)")
     beta: float = Field(0.0005, ge=0, description="KL weight (paper: 0.0005)")
+    vae_freeze_batchnorm: bool = Field(
+        False,
+        description="batch norm in eval mode while the VAE trains: optimise the function that "
+        "is evaluated (running statistics) instead of the batch-statistics one",
+    )
     # running
     max_minutes: float | None = Field(None, gt=0, description="stop cleanly after this wall time")
     val_every: int = Field(200, ge=1, description="validate every this many optimizer steps")

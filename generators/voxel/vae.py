@@ -133,3 +133,15 @@ def one_hot_decile(deciles: torch.Tensor | list[int], n_conditions: int = 10) ->
         bad = [int(v) for v in d if v < 0 or v >= n_conditions]
         raise ValueError(f"condition decile must be in 0..{n_conditions - 1}, got {bad[:5]}")
     return F.one_hot(d, n_conditions).float()
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Put every batch-norm layer of `model` in eval mode (after `model.train()`): the layers
+    then normalise with their running statistics and stop updating them. A model trained with
+    batch statistics is sampled with running ones; training with these frozen optimises what
+    sampling actually computes, and a fine-tune on a few unusual crystals cannot drag the
+    statistics away from the training set's."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
