@@ -26,13 +26,16 @@ from generators.candidate import Candidate
 from generators.data.records import Record
 from generators.voxel.sample import VoxelGenerator
 
+#: The paper's figures (Court et al. 2020: recall, EMD, |dN|, lattice) and the project's
+#: targets for the voxel generator (issue 12: validity >= 90 %, >= 40 candidates/s on two cores;
+#: the paper reports 76 % valid samples).
 TARGETS = {
     "unet_recall_nonzero": (">=", 0.87),
     "pipeline_mean_emd_A": ("<=", 0.09),
     "pipeline_lattice_mae_A": ("<=", 0.06),
     "pipeline_mean_abs_delta_n": ("<=", 0.2),
-    "random_valid_fraction": (">=", 0.76),
-    "candidates_per_s": (">=", 20.0),
+    "random_valid_fraction": (">=", 0.90),
+    "candidates_per_s": (">=", 40.0),
 }
 
 
