@@ -100,8 +100,12 @@ class VoxelGenerator:
         else:
             self.note = ""
         self.device = torch.device(device)
-        self.vae = build_vae(vae_state).to(self.device)
-        self.unet = build_unet(unet_state).to(self.device)
+        # channels-last 3-D layout: oneDNN's 3-D convolutions run 1.3-1.7x faster in it on
+        # this CPU (measured on 64 sampled grids: VAE decoder 0.43 -> 0.25 s, UNet 1.43 ->
+        # 1.08 s, identical labels); results are unchanged to float rounding
+        layout = torch.channels_last_3d
+        self.vae = build_vae(vae_state).to(self.device, memory_format=layout)
+        self.unet = build_unet(unet_state).to(self.device, memory_format=layout)
         self.vae_state = vae_state
         self.unet_state = unet_state
         self.elements = np.asarray([0, *unet_state["elements"]], dtype=np.int64)
