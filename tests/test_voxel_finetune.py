@@ -87,9 +87,10 @@ def test_a_fine_tune_learns_the_new_crystals_and_keeps_the_held_out(shipped, res
     result = _tune(shipped, results, replay)
     b, a = result.metrics["before"], result.metrics["after"]
     assert result.deployed and result.reason == "passed" and result.used == 8
-    # measured (40 steps): the new crystals' reconstruction MSE 107 -> 56, the held-out's
-    # 54 -> 45 (the shipped VAE is short of training), samples valid 1.0 -> 1.0
-    assert a["new_mse"] < 0.7 * b["new_mse"]
+    # measured (40 steps, the VAE continued with frozen batch norm on 2026-12-02): the new
+    # crystals' reconstruction MSE 54.9 -> 46.3, the held-out's 26.53 -> 26.57, samples valid
+    # 1.0 -> 1.0 (the VAE before, short of training: 107 -> 56 and 54 -> 45)
+    assert a["new_mse"] < 0.9 * b["new_mse"]
     assert a["held_out_mse"] <= b["held_out_mse"] * 1.02
     assert a["sample_validity"] >= b["sample_validity"] - 0.05
     new = result.state

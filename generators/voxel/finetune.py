@@ -57,12 +57,12 @@ class VoxelFineTuneSettings(BaseModel):
     steps: int = Field(100, ge=1, le=100_000, description="optimiser steps (~0.4 s each here)")
     batch: int = Field(10, ge=2, description="the shipped model's training batch")
     new_per_batch: int = Field(
-        3,
+        1,
         ge=1,
         description="new crystals (drawn with replacement) in every batch; the rest "
         "is replay of the original training crystals",
     )
-    lr: float = Field(5e-5, gt=0, description="the rate of the shipped model's last phase")
+    lr: float = Field(2e-5, gt=0, description="the rate of the shipped model's last phase")
     augment: bool = Field(True, description="random cube rotations, as in training")
     held_out: int = Field(60, ge=1, description="held-out crystals the gate reconstructs")
     samples: int = Field(
