@@ -35,13 +35,13 @@ __all__ = [
     "CDVAE_MATCHER",
     "composition_fingerprint",
     "composition_valid",
-    "oxidation_states_balanced",
     "coverage",
     "evaluate_samples",
     "fingerprints",
     "match",
     "match_rates",
     "novelty",
+    "oxidation_states_balanced",
     "structure_fingerprint",
     "structure_valid",
     "uniqueness",
@@ -121,13 +121,18 @@ def composition_valid(composition: Composition | str) -> bool:
     validity" can be set against the published figures.
 
     Only the reduced integer formula matters (as in CDVAE), so results are cached by it."""
-    comp = Composition(composition)
-    counts = _integer_counts(comp)
+    key = _reduced_key(composition)
+    return bool(key) and _smact_valid(key)
+
+
+def _reduced_key(composition: Composition | str) -> tuple[tuple[str, int], ...]:
+    """(element, count) of the reduced integer formula, sorted: the cache key of both
+    charge-balance tests (empty for an empty composition)."""
+    counts = _integer_counts(Composition(composition))
     if not counts:
-        return False
+        return ()
     divisor = math.gcd(*counts.values())
-    key = tuple(sorted((el, n // divisor) for el, n in counts.items()))
-    return _smact_valid(key)
+    return tuple(sorted((el, n // divisor) for el, n in counts.items()))
 
 
 def oxidation_states_balanced(composition: Composition | str) -> bool:
@@ -136,12 +141,8 @@ def oxidation_states_balanced(composition: Composition | str) -> bool:
     full lists include states such as Ti(-1) that let BaSrTi2O through. This is the campaign
     funnel's charge-balance test, so a generator that draws compositions with it proposes
     only formulas the funnel keeps."""
-    comp = Composition(composition)
-    counts = _integer_counts(comp)
-    if not counts:
-        return False
-    divisor = math.gcd(*counts.values())
-    return _oxi_balanced(tuple(sorted((el, n // divisor) for el, n in counts.items())))
+    key = _reduced_key(composition)
+    return bool(key) and _oxi_balanced(key)
 
 
 @lru_cache(maxsize=65536)

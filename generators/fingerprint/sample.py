@@ -5,10 +5,11 @@ inversion of all its samples, so the daemon gets many candidates per optimisatio
 composition is drawn from the composition heads under rules that keep it describable,
 plausible and new: the cell's site counts are one of the training crystals' inventories
 (drawn jointly, where the checkpoint has templates), each slot's element is more
-electronegative than the previous one (the slot order the fingerprint was built with), the cell has at most the training maximum
-of sites, the charge-balance test passes (SMACT's, or the campaign funnel's), and (where the checkpoint
-lists them) the reduced formula is not one of the training crystals' - a sampler that keeps a
-template's sites would otherwise hand back that training crystal. Draws that fail are
+electronegative than the previous one (the slot order the fingerprint was built with), the
+cell has at most the training maximum of sites, the charge-balance test passes (SMACT's, or
+the campaign funnel's), and (where the checkpoint lists them) the reduced formula is not one
+of the training crystals' - a sampler that keeps a template's sites would otherwise hand back
+that training crystal. Draws that fail are
 retried and counted per reason, and a sample with no acceptable draw is dropped and counted.
 """
 

@@ -469,6 +469,3 @@ def _structure_of(base: Any) -> Structure:
     if isinstance(structure, Structure):
         return structure
     raise TypeError(f"expected a pymatgen Structure or a Record, got {type(base).__name__}")
-
-
-# ------------------------------------------------------------------ decoding (picklable)
