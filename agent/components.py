@@ -80,7 +80,13 @@ class GeneratorSlot:
             from generators.voxel.sample import VoxelGenerator
 
             voxel = VoxelOptions.model_validate(cfg.options)
-            options = dict(workers=voxel.workers, prior=voxel.prior, species=voxel.species)
+            options = dict(
+                workers=voxel.workers,
+                prior=voxel.prior,
+                species=voxel.species,
+                decoder=voxel.decoder,
+                bandwidth=voxel.bandwidth,
+            )
             try:
                 if state is not None:  # a VAE fine-tuned on the campaign's DFT results
                     from generators.voxel.checkpoints import load_checkpoint

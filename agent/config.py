@@ -143,15 +143,28 @@ class VoxelOptions(_Section):
     """``options`` of the voxel generator (generators.voxel)."""
 
     workers: int = Field(1, ge=1, le=64, description="decoding worker processes")
-    prior: Literal["auto", "fitted", "standard"] = Field(
+    prior: Literal["auto", "kde", "fitted", "standard"] = Field(
         "auto",
-        description="latent prior of random samples: fitted (Gaussian over the training "
-        "posteriors), standard (the paper's N(0, I)); auto = fitted when the model has one",
+        description="latent prior of random samples: kde (around the training posteriors of "
+        "the asked decile: the condition is obeyed), fitted (one Gaussian over all training "
+        "posteriors), standard (the paper's N(0, I)); auto = the first the model has",
+    )
+    bandwidth: float | None = Field(
+        None,
+        gt=0,
+        description="kde prior only: spread around each training latent, in units of the "
+        "fitted Gaussian's (default: the model's, 0.3; larger = more novel, less on-decile)",
     )
     species: Literal["vote", "charge-balanced"] = Field(
         "charge-balanced",
         description="how a decoded cell's elements are chosen: each site by its UNet vote, or "
         "all sites together, the most probable charge-balanced (SMACT) assignment",
+    )
+    decoder: Literal["auto", "unet", "vae"] = Field(
+        "auto",
+        description="what reads a generated grid's sites and elements: the paper's UNet on "
+        "the density, or the VAE's species head (models trained with --species-head); auto = "
+        "the head when the model has one",
     )
 
 

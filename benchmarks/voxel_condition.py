@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA), help="the model's training data")
     parser.add_argument("--json", type=Path, default=RESULT)
     parser.add_argument("--model", default=None, help="model dir or vae.pt (default: shipped)")
-    parser.add_argument("--prior", default="auto", help="auto | standard | fitted")
+    parser.add_argument("--prior", default="auto", help="auto | kde | fitted | standard")
     args = parser.parse_args()
 
     from scipy.stats import spearmanr

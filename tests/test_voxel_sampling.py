@@ -266,9 +266,10 @@ def test_fitted_latent_prior_is_stored_and_used(tiny_model, model_copy):
     cov = prior["scale_tril"] @ prior["scale_tril"].T
     assert torch.allclose(cov.diagonal(), mu.double().var(0).float() + 1e-3, rtol=1e-3)
 
-    fitted = VoxelGenerator.load(folder)  # auto -> fitted when the checkpoint has one
+    fitted = VoxelGenerator.load(folder, prior="fitted")
     standard = VoxelGenerator.load(folder, prior="standard")
     assert fitted.prior == "fitted" and standard.prior == "standard"
+    assert VoxelGenerator.load(folder).prior == "kde"  # auto: the first the checkpoint has
     a = fitted.sample_random(3, decile=1, seed=5)
     b = standard.sample_random(3, decile=1, seed=5)
     _check(a, 3, "random", fitted)
@@ -278,6 +279,42 @@ def test_fitted_latent_prior_is_stored_and_used(tiny_model, model_copy):
     assert torch.allclose(z_a, expected, atol=1e-3)
     with pytest.raises(ValueError, match="no fitted latent prior"):
         VoxelGenerator.load(tiny_model, prior="fitted")
+
+
+def test_kde_prior_draws_around_training_latents_of_the_asked_decile(tiny_model, model_copy):
+    """The per-decile kernel density: z = mu_anchor + h L eps, the anchor a training crystal
+    of the decile asked for, recorded in the provenance."""
+    from generators.voxel.prior import KDE_BANDWIDTH, add_latent_prior, training_posteriors
+
+    folder, data = model_copy
+    prior = add_latent_prior(folder / "vae.pt", data)
+    mu, deciles, ids = training_posteriors(load_checkpoint(folder / "vae.pt", "vae"), data)
+    kde = prior["kde"]
+    assert kde["bandwidth"] == KDE_BANDWIDTH and kde["ids"] == ids
+    assert torch.allclose(kde["means"].float(), mu, atol=1e-2 * float(mu.abs().max()))
+    gen = VoxelGenerator.load(folder, prior="kde")
+    standard = VoxelGenerator.load(folder, prior="standard")
+    decile = int(deciles[0])
+    a = gen.sample_random(4, decile=decile, seed=9)
+    b = standard.sample_random(4, decile=decile, seed=9)  # the same noise, unmapped
+    _check(a, 4, "random", gen)
+    for ca, cb in zip(a, b, strict=True):
+        anchor = ca.provenance.extra["anchor"]
+        j = ids.index(anchor)
+        assert deciles[j] == decile
+        assert ca.provenance.condition == ca.provenance.condition | {
+            "prior": "kde",
+            "bandwidth": KDE_BANDWIDTH,
+        }
+        noise = torch.tensor(cb.provenance.latent)
+        expected = kde["means"][j].float() + KDE_BANDWIDTH * prior["scale_tril"] @ noise
+        assert torch.allclose(torch.tensor(ca.provenance.latent), expected, atol=1e-3)
+    wide = VoxelGenerator.load(folder, bandwidth=1.0)
+    assert wide.sample_random(1, decile, seed=9)[0].provenance.condition["bandwidth"] == 1.0
+    with pytest.raises(ValueError, match="bandwidth applies to prior='kde' only"):
+        VoxelGenerator.load(folder, prior="fitted", bandwidth=0.5)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        VoxelGenerator.load(folder, prior="gmm")
 
 
 def test_tuned_decoding_settings_are_stored_and_used(tiny_model, model_copy):

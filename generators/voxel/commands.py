@@ -125,6 +125,16 @@ def register(app: typer.Typer) -> None:
             help="batch norm uses (and keeps) its running statistics while training: optimises "
             "what sampling computes; use when continuing a trained model",
         ),
+        species_head: bool = typer.Option(
+            None,
+            "--species-head/--no-species-head",
+            help="the VAE also carries the species matrix (embedding in, per-voxel species "
+            "logits out) and sampling reads elements from it instead of the UNet; with "
+            "--resume of a paper-style VAE the head is added and its weights kept",
+        ),
+        species_weight: float = typer.Option(
+            None, help="weight of the species term (default 0.01, times n^3 voxels)"
+        ),
         property_key: str = typer.Option(
             "formation_energy_per_atom", "--property", help="conditioning property (deciles)"
         ),
@@ -136,7 +146,15 @@ def register(app: typer.Typer) -> None:
         max_records: int = typer.Option(None, help="use only the first N records per source"),
         quiet: bool = typer.Option(False, help="no progress bar"),
     ) -> None:
-        """Train the conditional DFC-VAE (needs the trained UNet for the perceptual loss)."""
+        """Train the conditional DFC-VAE (needs the trained UNet for the perceptual loss).
+
+        Example, the shipped model's last round: add the species head to a trained VAE and
+        continue it with batch norm frozen:
+
+          crystalloop train vae --data ../shared/data/perov_5/val.csv.gz --out vae5.pt
+            --resume vae.pt --unet unet.pt --species-head --freeze-batchnorm --lr 1e-4
+            --batch 10 --alpha 0.01 --max-minutes 60
+        """
         from generators.voxel.train_vae import train_vae
 
         settings = _settings(
@@ -148,6 +166,8 @@ def register(app: typer.Typer) -> None:
             latent_dim=latent,
             vae_channels=_channels(channels),
             vae_freeze_batchnorm=freeze_batchnorm,
+            vae_species_head=species_head,
+            vae_species_weight=species_weight,
             property=property_key,
             max_minutes=max_minutes,
             seed=seed,

@@ -22,7 +22,7 @@ import torch
 from generators.splits import assign_deciles
 from generators.voxel.checkpoints import save_checkpoint
 from generators.voxel.data_cache import VoxelData
-from generators.voxel.inputs import vae_input
+from generators.voxel.inputs import model_species, vae_input
 from generators.voxel.settings import VoxelSettings
 from generators.voxel.vae import one_hot_decile
 
@@ -52,17 +52,22 @@ def training_index(generator: Any, data: VoxelData, limit: int) -> np.ndarray:
 def reconstructions(
     generator: Any, data: VoxelData, index: np.ndarray, batch: int = 20
 ) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """(species, confidence, cell length) of encode -> VAE (posterior mean) -> UNet, per structure."""
+    """(species, confidence, cell length) of encode -> VAE (posterior mean) -> species (the
+    generator's decoder: UNet or species head), per structure."""
     deciles = assign_deciles(data.values[index], generator.decile_edges)
     out = []
     for s in range(0, len(index), batch):
         idx = index[s : s + batch]
         x = vae_input(
-            data.density[idx], data.lattice[idx], generator.density_scale, generator.coord_scale
+            data.density[idx],
+            data.lattice[idx],
+            generator.density_scale,
+            generator.coord_scale,
+            model_species(generator.vae.config, data.species[idx]),
         )
         cond = one_hot_decile(deciles[s : s + batch], generator.n_deciles).to(generator.device)
         mu, _ = generator.vae.encode(x.to(generator.device), cond)
-        seg = generator.segment(generator.vae.decode(mu, cond))
+        _, seg = generator.decode_segment(mu, cond)
         species, confidence = seg.species, seg.confidence
         out += [(species[i], confidence[i], float(data.lattice[j])) for i, j in enumerate(idx)]
     return out

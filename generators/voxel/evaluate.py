@@ -76,12 +76,15 @@ def evaluate_reconstruction(
         with torch.no_grad():
             cond = torch.nn.functional.one_hot(cond_idx, generator.n_deciles).float()
             mu, _ = generator.vae.encode(x.to(generator.device), cond.to(generator.device))
-            recon = generator.vae.decode(mu, cond.to(generator.device)).cpu()
-        sums["mse_voxel"] += float((recon - x).pow(2).mean(dim=(1, 2, 3, 4)).sum())
+            recon, recon_seg = generator.decode_segment(mu, cond)
+            recon = recon.cpu()
+        c = recon.shape[1]  # the reconstructed channels (not a species embedding)
+        sums["mse_voxel"] += float((recon - x[:, :c]).pow(2).mean(dim=(1, 2, 3, 4)).sum())
         sums["mse_density_voxel"] += float((recon[:, 0] - x[:, 0]).pow(2).mean(dim=(1, 2, 3)).sum())
-        # UNet on the true density and on the reconstruction
-        for name, grids in (("unet", x), ("pipeline", recon)):
-            seg = generator.segment(grids)
+        # UNet on the true density, and the generator's decoder (UNet or species head) on
+        # the reconstruction
+        for name, grids in (("unet", x[:, :c]), ("pipeline", recon)):
+            seg = generator.segment(grids) if name == "unet" else recon_seg
             species, coords = seg.species, seg.coords
             nz = true_species > 0
             sums[f"{name}_hit"] += float((species[nz] == true_species[nz]).sum())
@@ -95,7 +98,7 @@ def evaluate_reconstruction(
                 )
                 counts[f"{name}_class_{c}"] += int(of_class.sum())
             if name == "unet":  # the UNet-only crystals use the true coordinate grid
-                coords = (x[:, 1:] * generator.coord_scale).permute(0, 2, 3, 4, 1).numpy()
+                coords = (x[:, 1:4] * generator.coord_scale).permute(0, 2, 3, 4, 1).numpy()
             decoded = generator.map_decode(seg._replace(coords=coords))
             for rec, d in zip(chunk, decoded, strict=True):
                 pred, true = d.structure, rec.structure
@@ -290,6 +293,8 @@ def run_evaluation(
         "threads": torch.get_num_threads(),
         "decoding_workers": workers,
         "random_sampling_prior": generator.prior,
+        "kde_bandwidth": generator.bandwidth,
+        "decoder": generator.decoder,
         "decoding_settings": {f: getattr(generator.voxel_settings, f) for f in TUNED_FIELDS},
         "decoding_tuned": bool(generator.vae_state.get("decoding")),
         "load_average_1min_at_start": os.getloadavg()[0],
@@ -302,9 +307,12 @@ def run_evaluation(
             result["reconstruction"] = evaluate_reconstruction(
                 generator, val, progress=lambda k: bar.advance(task, k)
             )
-        # per_decile=0 skips sampling; a fitted prior is also compared with the paper's N(0, I)
+        # per_decile=0 skips sampling; a kde prior is also compared with the one fitted
+        # Gaussian, and both with the paper's N(0, I)
         runs = [("sampling", generator.prior)] if per_decile > 0 else []
-        if runs and generator.prior == "fitted":
+        if runs and generator.prior == "kde":
+            runs.append(("sampling_fitted_prior", "fitted"))
+        if runs and generator.prior in ("kde", "fitted"):
             runs.append(("sampling_standard_prior", "standard"))
         training = [r.structure for r in train]
         for key, prior in runs:

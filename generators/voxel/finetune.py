@@ -11,7 +11,9 @@ the latent prior on the enlarged training set, and is kept only if
   the training loss's reconstruction term) is no worse than the deployed version's, within
   a tolerance, and
 - its random samples (same seeds before and after, decoded by the same UNet) are no less
-  often valid in CDVAE's sense (distances > 0.5 A, SMACT charge balance), within a tolerance.
+  often valid in CDVAE's sense (distances > 0.5 A, SMACT charge balance), within a tolerance,
+- and, for a VAE with a species head (which then trains with it, on the training loss), its
+  voxel species recall on those held-out crystals falls by no more than a tolerance.
 
 The condition of a new crystal. The shipped VAE's deciles are on perov_5's heat_ref scale
 (GPAW RPBE, Castelli's references); a campaign's DFT formation energies are pw.x PBE against
@@ -41,9 +43,9 @@ from generators.finetune_result import GeneratorFineTune
 from generators.splits import assign_deciles, decile_edges, locate_source, scale_of
 from generators.voxel.checkpoints import build_unet, build_vae, model_version
 from generators.voxel.data_cache import load_voxel_data
-from generators.voxel.inputs import vae_input
-from generators.voxel.losses import vae_loss
-from generators.voxel.prior import fit_latent_prior, posterior_means
+from generators.voxel.inputs import class_lookup, model_species, vae_input
+from generators.voxel.losses import class_weights, vae_objective
+from generators.voxel.prior import KDE_BANDWIDTH, fit_latent_prior, training_posteriors
 from generators.voxel.rotations import rotate_batch
 from generators.voxel.settings import VoxelSettings
 from generators.voxel.vae import freeze_batchnorm, one_hot_decile
@@ -74,6 +76,12 @@ class VoxelFineTuneSettings(BaseModel):
     validity_tolerance: float = Field(
         0.05, ge=0, description="drop of the samples' valid fraction allowed"
     )
+    recall_tolerance: float = Field(
+        0.02,
+        ge=0,
+        description="drop of the held-out voxel species recall allowed (VAEs with a species "
+        "head; the paper's VAE has none to judge)",
+    )
     seed: int = 0
 
 
@@ -101,12 +109,30 @@ def _mse(vae, x: torch.Tensor, deciles: np.ndarray, batch: int = 20) -> float:
     """Mean summed reconstruction MSE of the posterior means (the gate's reconstruction)."""
     vae.eval()
     total = 0.0
+    c = vae.config.in_channels
     with torch.no_grad():
         for s in range(0, len(x), batch):
             cond = one_hot_decile(deciles[s : s + batch], vae.config.n_conditions)
             recon, _, _ = vae(x[s : s + batch], cond)
-            total += float((recon - x[s : s + batch]).pow(2).flatten(1).sum(1).sum())
+            total += float((recon - x[s : s + batch, :c]).pow(2).flatten(1).sum(1).sum())
     return total / max(len(x), 1)
+
+
+def _recall(vae, x: torch.Tensor, deciles: np.ndarray, target: torch.Tensor) -> float:
+    """Voxel species recall of the species head on posterior-mean reconstructions."""
+    from generators.voxel.unet import classify_voxels
+
+    vae.eval()
+    hits = total = 0
+    with torch.no_grad():
+        for s in range(0, len(x), 20):
+            cond = one_hot_decile(deciles[s : s + 20], vae.config.n_conditions)
+            mu, _ = vae.encode(x[s : s + 20], cond)
+            labels, _ = classify_voxels(vae.decode_species(mu, cond)[1], vae.species_head)
+            t = target[s : s + 20]
+            hits += int(((labels == t) & (t > 0)).sum())
+            total += int((t > 0).sum())
+    return hits / max(total, 1)
 
 
 def _validity(vae_state: dict, unet_state: dict, n: int, seed: int) -> float | None:
@@ -151,7 +177,7 @@ def fine_tune(
         )
         return GeneratorFineTune(False, reason, 0, skipped)
     used = [int(i) for i in new.index]
-    lut_known = set(unet_state["elements"])
+    lut_known = set(vae_state.get("elements") or unet_state["elements"])
     unknown = [
         j for j, i in enumerate(used) if not {e.Z for e in structures[i].composition} <= lut_known
     ]
@@ -159,6 +185,7 @@ def fine_tune(
         skipped["element the UNet does not know"] = len(unknown)
         keep = sorted(set(range(len(used))) - set(unknown))
         new.density, new.lattice = new.density[keep], new.lattice[keep]
+        new.species = new.species[keep]
         used = [used[j] for j in keep]
         if not used:
             return GeneratorFineTune(False, "no usable result", 0, skipped)
@@ -179,8 +206,14 @@ def fine_tune(
     ds, cs = float(vae_state["density_scale"]), float(vae_state["coord_scale"])
 
     vae = build_vae(vae_state)
+    head = bool(vae.config.species_classes)
+
+    def inputs(density, lattice, species) -> torch.Tensor:
+        return vae_input(density, lattice, ds, cs, model_species(vae.config, species))
+
+    lut = class_lookup(vae_state["elements"]) if head else None
     edges = np.asarray(vae_state["decile_edges"], dtype=np.float64)
-    x_new = vae_input(new.density, new.lattice[:, 0], ds, cs)
+    x_new = inputs(new.density, new.lattice[:, 0], new.species)
     model_scale = " + ".join(sorted({scale_of(s) for s in specs}))
     if energies is not None and model_scale.startswith(scale):
         values = np.asarray([energies[i] for i in used], dtype=np.float64)
@@ -197,14 +230,19 @@ def fine_tune(
         )
     old_deciles = np.full(len(old), -1, dtype=np.int64)
     old_deciles[has_value] = assign_deciles(old.values[has_value], edges)
-    x_val = vae_input(old.density[val_rows], old.lattice[val_rows], ds, cs)
+    x_val = inputs(old.density[val_rows], old.lattice[val_rows], old.species[val_rows])
+    val_target = torch.from_numpy(lut[old.species[val_rows]]) if head else None
 
-    metrics: dict[str, dict[str, float]] = {
-        "before": {
+    def figures() -> dict[str, float]:
+        out = {
             "held_out_mse": _mse(vae, x_val, old_deciles[val_rows]),
             "new_mse": _mse(vae, x_new, new_deciles),
         }
-    }
+        if head:
+            out["held_out_species_recall"] = _recall(vae, x_val, old_deciles[val_rows], val_target)
+        return out
+
+    metrics: dict[str, dict[str, float]] = {"before": figures()}
     validity_before = _validity(vae_state, unet_state, settings.samples, settings.seed)
     if validity_before is not None:
         metrics["before"]["sample_validity"] = validity_before
@@ -215,6 +253,13 @@ def fine_tune(
     train_settings = vae_state.get("settings") or {}
     alpha = float(train_settings.get("alpha", 0.0) if alpha is None else alpha)
     beta = float(train_settings.get("beta", 5e-4) if beta is None else beta)
+    species_w, species_weight = None, 0.0
+    if head:  # the species term as training weighed it
+        counts = np.bincount(
+            lut[old.species[train_rows]].ravel(), minlength=vae.config.species_classes
+        )
+        species_w = class_weights(counts, train_settings.get("vae_species_class_weight_power", 0.5))
+        species_weight = float(train_settings.get("vae_species_weight", 0.01))
     unet = build_unet(unet_state)
     for p in unet.parameters():
         p.requires_grad_(False)
@@ -231,22 +276,31 @@ def fine_tune(
     for _ in range(settings.steps):
         replay = rng.choice(train_rows, settings.batch - n_new, replace=False)
         pick = rng.integers(0, len(used), n_new)
-        x = torch.cat([vae_input(old.density[replay], old.lattice[replay], ds, cs), x_new[pick]])
+        x_old = inputs(old.density[replay], old.lattice[replay], old.species[replay])
+        x = torch.cat([x_old, x_new[pick]])
         d = np.concatenate([old_deciles[replay], new_deciles[pick]])
-        if settings.augment:  # the density turns; the coordinate channels stay the rule's
-            x = torch.cat([rotate_batch(x[:, :1], rng.integers(0, 24, len(x))), x[:, 1:]], 1)
-        recon, mu, logvar = vae(x, one_hot_decile(d, vae.config.n_conditions))
-        loss = vae_loss(recon, x, mu, logvar, alpha, beta, features)["total"]
+        target = None
+        if head:
+            z = np.concatenate([old.species[replay], new.species[pick]])
+            target = torch.from_numpy(lut[z])
+        if settings.augment:  # density and species turn; the coordinate channels stay the rule's
+            rot = rng.integers(0, 24, len(x))
+            turned = rotate_batch(torch.cat([x[:, :1], x[:, 4:]], 1), rot)
+            x = torch.cat([turned[:, :1], x[:, 1:4], turned[:, 1:]], 1)
+            if target is not None:
+                target = rotate_batch(target, rot)
+        cond = one_hot_decile(d, vae.config.n_conditions)
+        parts, _, _ = vae_objective(
+            vae, x, cond, target, alpha, beta, features, species_w, species_weight
+        )
+        loss = parts["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     vae.eval()
 
     # reconstruction first: a version that fails it is not worth sampling from
-    metrics["after"] = {
-        "held_out_mse": _mse(vae, x_val, old_deciles[val_rows]),
-        "new_mse": _mse(vae, x_new, new_deciles),
-    }
+    metrics["after"] = figures()
     b, a = metrics["before"], metrics["after"]
 
     def refused(reason: str) -> GeneratorFineTune:
@@ -258,6 +312,13 @@ def fine_tune(
             f"held-out reconstruction MSE rose {b['held_out_mse']:.2f} -> "
             f"{a['held_out_mse']:.2f} (tolerance {settings.mse_tolerance:.0%})"
         )
+    if head and not (
+        a["held_out_species_recall"] >= b["held_out_species_recall"] - settings.recall_tolerance
+    ):
+        return refused(
+            f"held-out species recall fell {b['held_out_species_recall']:.3f} -> "
+            f"{a['held_out_species_recall']:.3f} (tolerance {settings.recall_tolerance})"
+        )
     weights = {k: v.detach().clone() for k, v in vae.state_dict().items()}
     out = copy.copy(vae_state)
     out |= {"state_dict": weights, "model_version": model_version(weights)}
@@ -265,7 +326,15 @@ def fine_tune(
     # the fine-tune moved the posteriors: sampling must draw where the decoder now works
     with torch.no_grad():
         new_mu = vae.encode(x_new, one_hot_decile(new_deciles, vae.config.n_conditions))[0]
-    out["latent_prior"] = fit_latent_prior(torch.cat([posterior_means(out, old), new_mu]))
+    old_mu, old_dec, old_ids = training_posteriors(out, old)
+    out["latent_prior"] = fit_latent_prior(
+        torch.cat([old_mu, new_mu]),
+        deciles=np.concatenate([old_dec, new_deciles]),
+        ids=old_ids + [f"campaign:{i}" for i in used],
+        bandwidth=((vae_state.get("latent_prior") or {}).get("kde") or {}).get(
+            "bandwidth", KDE_BANDWIDTH
+        ),
+    )
     validity_after = _validity(out, unet_state, settings.samples, settings.seed)
     if validity_after is not None:
         a["sample_validity"] = validity_after

@@ -29,12 +29,27 @@ def density_scale_of(data: VoxelData, index: np.ndarray) -> float:
 
 
 def vae_input(
-    density: np.ndarray, lattice: np.ndarray, density_scale: float, coord_scale: float
+    density: np.ndarray,
+    lattice: np.ndarray,
+    density_scale: float,
+    coord_scale: float,
+    species: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """(B,4,n,n,n) VAE input: scaled density (B,n,n,n) plus the cubic cells' coordinate channels."""
+    """(B,4,n,n,n) VAE input: scaled density (B,n,n,n) plus the cubic cells' coordinate channels;
+    (B,7,n,n,n) with the species embedding of `species` (Z grids) for a VAE with a species head."""
     dens = torch.from_numpy(density / density_scale).float().unsqueeze(1)
     lat = torch.as_tensor(lattice)
-    return torch.cat([dens, coordinate_channels(lat, density.shape[-1], coord_scale)], dim=1)
+    parts = [dens, coordinate_channels(lat, density.shape[-1], coord_scale)]
+    if species is not None:
+        from generators.voxel.vae import species_embedding
+
+        parts.append(species_embedding(species))
+    return torch.cat(parts, dim=1)
+
+
+def model_species(config, species: np.ndarray) -> np.ndarray | None:
+    """The `species` argument of `vae_input` for a VAE of this config (None: it reads none)."""
+    return species if config.species_classes else None
 
 
 def coordinate_channels(lattice: torch.Tensor, n_grid: int, coord_scale: float) -> torch.Tensor:

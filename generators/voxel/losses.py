@@ -8,6 +8,7 @@ per-voxel means the KL term would swamp a 32^3 reconstruction.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,8 +88,12 @@ def vae_loss(
     beta: float,
     features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """MSE + beta*KLD + alpha*perceptual; channel 0 of the grids is the (scaled) density."""
-    mse = (recon - x).pow(2).flatten(1).sum(dim=1).mean()
+    """MSE + beta*KLD + alpha*perceptual; channel 0 of the grids is the (scaled) density.
+
+    `x` may carry more channels than `recon` (a species embedding the encoder reads but the
+    decoder does not rebuild); the MSE runs over the reconstructed ones.
+    """
+    mse = (recon - x[:, : recon.shape[1]]).pow(2).flatten(1).sum(dim=1).mean()
     kl = kld(mu, logvar)
     if features is not None and alpha > 0:
         perc = perceptual(features, recon[:, :1], x[:, :1])
@@ -101,3 +106,36 @@ def vae_loss(
         "kld": kl.detach(),
         "perceptual": perc.detach(),
     }
+
+
+def vae_objective(
+    model: Any,
+    x: torch.Tensor,
+    condition: torch.Tensor,
+    target: torch.Tensor | None,
+    alpha: float,
+    beta: float,
+    features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+    species_weights: torch.Tensor | None = None,
+    species_weight: float = 0.0,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """The VAE's training loss on one batch: `vae_loss`, plus for a model with a species head
+    (`target` = class indices) weight * n^3 * the UNet's species loss on the head's logits.
+
+    Training and the campaign fine-tune both call this, so a fine-tune optimises what
+    training did. The latent is sampled in train mode and the posterior mean in eval mode.
+    Returns the loss parts, the reconstruction and the species head's features (or None).
+    """
+    mu, logvar = model.encode(x, condition)
+    z = model.reparameterize(mu, logvar) if model.training else mu
+    if target is None:
+        recon, feats = model.decode(z, condition), None
+    else:
+        recon, feats = model.decode_species(z, condition)
+    parts = vae_loss(recon, x, mu, logvar, alpha, beta, features)
+    if target is not None:
+        species = unet_loss(*model.species_logits(feats), target, species_weights)
+        n_voxels = target[0].numel()
+        parts["total"] = parts["total"] + species_weight * n_voxels * species["total"]
+        parts["species_ce"], parts["species_bce"] = species["ce"], species["bce"]
+    return parts, recon, feats

@@ -23,8 +23,9 @@ from pymatgen.core import Lattice, Structure
 from generators.candidate import Candidate, Provenance
 from generators.splits import assign_deciles
 from generators.voxel.checkpoints import build_unet, build_vae, load_checkpoint
-from generators.voxel.inputs import vae_input
+from generators.voxel.inputs import model_species, vae_input
 from generators.voxel.settings import VoxelSettings
+from generators.voxel.unet import classify_voxels
 from generators.voxel.unet_decode import (
     Generated,
     cubic_length,
@@ -36,6 +37,8 @@ from generators.voxel.vae import one_hot_decile
 
 GENERATOR_NAME = "voxel-vae"
 SPECIES_MODES = ("vote", "charge-balanced")
+DECODERS = ("auto", "unet", "vae")
+PRIORS = ("auto", "standard", "fitted", "kde")
 TOP_K = 4  # classes per voxel kept for the joint assignment (generators.voxel.assign)
 
 
@@ -67,8 +70,9 @@ def checkpoint_paths(
 
 
 class Segmentation(NamedTuple):
-    """UNet output of a batch: Z and confidence per voxel, coordinates, and with a joint
-    species assignment the top classes (Z) and probabilities of every voxel."""
+    """Species classifier output of a batch (the UNet's, or the VAE species head's): Z and
+    confidence per voxel, coordinates, and with a joint species assignment the top classes
+    (Z) and probabilities of every voxel."""
 
     species: np.ndarray
     confidence: np.ndarray
@@ -77,7 +81,12 @@ class Segmentation(NamedTuple):
 
 
 class VoxelGenerator:
-    """A trained VAE + UNet pair that turns latent vectors into crystals."""
+    """A trained VAE + UNet pair that turns latent vectors into crystals.
+
+    `decoder` picks what reads a generated grid's sites and elements: "unet" is the paper's
+    path (the UNet segments the reconstructed density), "vae" the VAE's own species head
+    (a VAE trained with `--species-head`); "auto" takes the head when the VAE has one.
+    """
 
     def __init__(
         self,
@@ -90,6 +99,8 @@ class VoxelGenerator:
         workers: int = 1,
         prior: str = "auto",
         species: str = "charge-balanced",
+        decoder: str = "auto",
+        bandwidth: float | None = None,
     ):
         if vae_state.get("unet_version") not in (None, unet_state["model_version"]):
             # Allowed (a UNet can be retrained), but the pairing is worth knowing.
@@ -109,6 +120,17 @@ class VoxelGenerator:
         self.vae_state = vae_state
         self.unet_state = unet_state
         self.elements = np.asarray([0, *unet_state["elements"]], dtype=np.int64)
+        has_head = bool(self.vae.config.species_classes)
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if decoder == "vae" and not has_head:
+            raise ValueError(
+                "decoder='vae' needs a VAE with a species head (`crystalloop train vae "
+                "--species-head`); this checkpoint has none: use decoder='unet'"
+            )
+        self.decoder = ("vae" if has_head else "unet") if decoder == "auto" else decoder
+        if has_head:  # the head's classes are the VAE's element list
+            self.head_elements = np.asarray([0, *vae_state["elements"]], dtype=np.int64)
         self.density_scale = float(vae_state["density_scale"])
         self.coord_scale = float(vae_state["coord_scale"])
         self.property: str = vae_state["property"]
@@ -135,16 +157,27 @@ class VoxelGenerator:
             raise ValueError("species='charge-balanced' assigns per region: it needs region_vote")
         self.species = species
         self.latent_prior = vae_state.get("latent_prior")
-        if prior not in ("auto", "standard", "fitted"):
-            raise ValueError(f"prior must be 'auto', 'standard' or 'fitted', got {prior!r}")
-        if prior == "fitted" and self.latent_prior is None:
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if prior in ("fitted", "kde") and self.latent_prior is None:
             raise ValueError(
                 "this VAE checkpoint has no fitted latent prior: add one with "
                 "`crystalloop train prior`, or sample with prior='standard' (N(0, I))"
             )
+        kde = (self.latent_prior or {}).get("kde")
+        if prior == "kde" and kde is None:
+            raise ValueError(
+                "this VAE checkpoint's prior has no per-decile kernel density: re-fit it with "
+                "`crystalloop train prior`, or sample with prior='fitted'"
+            )
         if prior == "auto":
-            prior = "fitted" if self.latent_prior is not None else "standard"
+            prior = "standard" if self.latent_prior is None else "kde" if kde else "fitted"
         self.prior = prior
+        if bandwidth is not None and prior != "kde":
+            raise ValueError(f"bandwidth applies to prior='kde' only (this one is {prior!r})")
+        if bandwidth is not None and not bandwidth > 0:
+            raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+        self.bandwidth = float(bandwidth or kde["bandwidth"]) if prior == "kde" else None
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = int(workers)
@@ -206,7 +239,13 @@ class VoxelGenerator:
         from generators.voxel.encode import encode_many
 
         batch = encode_many(list(structures), self.voxel_settings, with_coords=False)
-        x = vae_input(batch.density, batch.lattice[:, 0], self.density_scale, self.coord_scale)
+        x = vae_input(
+            batch.density,
+            batch.lattice[:, 0],
+            self.density_scale,
+            self.coord_scale,
+            model_species(self.vae.config, batch.species),
+        )
         return x, batch.species
 
     @torch.no_grad()
@@ -232,8 +271,30 @@ class VoxelGenerator:
         else:
             labels, confidence = self.unet.predict(density)
         species = self.elements[labels.cpu().numpy()]
-        coords = (grids[:, 1:] * self.coord_scale).permute(0, 2, 3, 4, 1).cpu().numpy()
+        coords = (grids[:, 1:4] * self.coord_scale).permute(0, 2, 3, 4, 1).cpu().numpy()
         return Segmentation(species, confidence.cpu().numpy(), coords, top)
+
+    @torch.no_grad()
+    def decode_segment(
+        self, z: torch.Tensor, condition: torch.Tensor
+    ) -> tuple[torch.Tensor, Segmentation]:
+        """Decoder on latents -> (reconstructed grids, their segmentation by `self.decoder`)."""
+        z, condition = z.to(self.device), condition.to(self.device)
+        if self.decoder == "unet":
+            grids = self.vae.decode(z, condition)
+            return grids, self.segment(grids)
+        grids, feats = self.vae.decode_species(z, condition)
+        top = None
+        if self.species == "charge-balanced":
+            labels, confidence, (classes, weights) = classify_voxels(
+                feats, self.vae.species_head, TOP_K
+            )
+            top = (self.head_elements[classes.long().cpu().numpy()], weights.float().cpu().numpy())
+        else:
+            labels, confidence = classify_voxels(feats, self.vae.species_head)
+        species = self.head_elements[labels.cpu().numpy()]
+        coords = (grids[:, 1:4] * self.coord_scale).permute(0, 2, 3, 4, 1).cpu().numpy()
+        return grids, Segmentation(species, confidence.cpu().numpy(), coords, top)
 
     def decode_grids(self, grids: torch.Tensor) -> list[Generated]:
         """Segment and decode generated grids into crystals (one per grid)."""
@@ -291,16 +352,15 @@ class VoxelGenerator:
     def decode_latents(
         self, z: torch.Tensor, condition: torch.Tensor
     ) -> tuple[list[Generated], torch.Tensor]:
-        """Batched decoder -> UNet -> decode. `condition` is (B, n_deciles), one-hot or soft."""
+        """Batched decoder -> species (UNet or head) -> decode. `condition` is (B, n_deciles)."""
         futures: list[Future] = []
         grids = []
         for start in range(0, len(z), self.batch_size):
-            g = self.vae.decode(
-                z[start : start + self.batch_size].to(self.device),
-                condition[start : start + self.batch_size].to(self.device),
+            g, seg = self.decode_segment(
+                z[start : start + self.batch_size], condition[start : start + self.batch_size]
             )
             grids.append(g.cpu())
-            futures.extend(self._submit(decode_generated, self.segment(g)))
+            futures.extend(self._submit(decode_generated, seg))
         return [f.result() for f in futures], torch.cat(grids) if grids else torch.empty(0)
 
     def _candidate(
@@ -337,6 +397,7 @@ class VoxelGenerator:
                     "dropped_regions": gen.dropped_regions,
                     "lattice": [float(x) for x in gen.lattice],
                     "species": self.species,
+                    "decoder": self.decoder,
                 }
                 | ({"assignment": gen.assignment} if gen.assignment else {})
                 | (extra or {}),
@@ -361,22 +422,42 @@ class VoxelGenerator:
         """Random latents under one condition decile; candidate i uses seed + i.
 
         z ~ N(0, I) (the paper) with prior 'standard'; with 'fitted', z = mean + L eps, the
-        Gaussian fitted to the training posteriors (see generators.voxel.prior).
+        Gaussian fitted to the training posteriors; with 'kde', z = mu_j + h L eps around the
+        posterior mean mu_j of a training crystal j of this decile drawn by the seed
+        (bandwidth h; see generators.voxel.prior). The anchor's id is in the provenance.
         """
         self._check_decile(decile)
         if n < 1:
             return []
         seeds = self._seeds(n, seed)
         z = self._noise(seeds)
+        anchors: list[str | None] = [None] * n
         if self.prior == "fitted":
             z = self.latent_prior["mean"] + z @ self.latent_prior["scale_tril"].T
+        elif self.prior == "kde":
+            z, anchors = self._kde_latents(z, seeds, decile)
         cond = one_hot_decile([decile] * n, self.n_deciles)
         gens, _ = self.decode_latents(z, cond)
         condition = self._condition(decile, prior=self.prior)
+        if self.bandwidth is not None:
+            condition["bandwidth"] = self.bandwidth
         return [
-            self._candidate(g, "random", condition, s, zi)
-            for g, s, zi in zip(gens, seeds, z, strict=True)
+            self._candidate(g, "random", condition, s, zi, extra={"anchor": a} if a else None)
+            for g, s, zi, a in zip(gens, seeds, z, anchors, strict=True)
         ]
+
+    def _kde_latents(
+        self, noise: torch.Tensor, seeds: list[int], decile: int
+    ) -> tuple[torch.Tensor, list[str | None]]:
+        kde = self.latent_prior["kde"]
+        rows = np.flatnonzero(kde["deciles"].numpy() == decile)
+        if rows.size == 0:
+            raise ValueError(f"the kde prior holds no training crystal of decile {decile}")
+        picks = [int(rows[np.random.default_rng(s).integers(rows.size)]) for s in seeds]
+        means = kde["means"][picks].float()
+        z = means + self.bandwidth * noise @ self.latent_prior["scale_tril"].T
+        ids = kde.get("ids")
+        return z, [ids[p] if ids else f"#{p}" for p in picks]
 
     def base_decile(self, base: Any, decile: int | None = None) -> tuple[int, str]:
         """Condition for a base compound: given > its property value > best reconstruction.

@@ -48,6 +48,17 @@ class GeneratorSettings(BaseSettings):
         description="batch norm in eval mode while the VAE trains: optimise the function that "
         "is evaluated (running statistics) instead of the batch-statistics one",
     )
+    vae_species_head: bool = Field(
+        False,
+        description="the VAE carries the species matrix: species embedding in, per-voxel "
+        "species logits out (added to a resumed paper-style VAE with its weights kept)",
+    )
+    vae_species_weight: float = Field(
+        0.01, gt=0, description="species term = weight * n^3 * (class-weighted CE + occupancy BCE)"
+    )
+    vae_species_class_weight_power: float = Field(
+        0.5, ge=0, description="species-head CE weights = counts**-power"
+    )
     # running
     max_minutes: float | None = Field(None, gt=0, description="stop cleanly after this wall time")
     val_every: int = Field(200, ge=1, description="validate every this many optimizer steps")

@@ -157,29 +157,38 @@ class UNet3D(nn.Module):
         float16, zero where empty), which a joint assignment of a cell's species needs.
         """
         x, _ = self._trunk(density)
-        weight, bias = self.head.weight.flatten(1), self.head.bias  # (C+1, F), (C+1,)
-        occupancy_logit = torch.einsum("bf...,f->b...", x, weight[-1]) + bias[-1]
-        occupied = occupancy_logit > 0
-        # species logits only where an atom is: the 1x1 head is a matmul per voxel, and most
-        # voxels are empty (this is where sampling spent half its UNet time)
-        feats = x.movedim(1, -1)[occupied]  # (N_occupied, F)
-        logits = feats @ weight[1:-1].T + bias[1:-1]  # non-empty classes only
-        probs = torch.softmax(logits, dim=1)
-        p_best, idx = probs.max(dim=1)
-        labels = torch.zeros(occupied.shape, dtype=torch.long, device=x.device)
-        labels[occupied] = idx + 1
-        p_occ = torch.sigmoid(occupancy_logit)
-        confidence = 1 - p_occ
-        confidence[occupied] = p_best * p_occ[occupied]
-        if top_k <= 0:
-            return labels, confidence
-        k = min(top_k, probs.shape[1])
-        top_p, top_idx = probs.topk(k, dim=1)
-        classes = torch.zeros((*occupied.shape, k), dtype=torch.int16, device=x.device)
-        weights = torch.zeros((*occupied.shape, k), dtype=torch.float16, device=x.device)
-        classes[occupied] = (top_idx + 1).to(torch.int16)
-        weights[occupied] = top_p.to(torch.float16)
-        return labels, confidence, (classes, weights)
+        return classify_voxels(x, self.head, top_k)
+
+
+def classify_voxels(
+    x: torch.Tensor, head: nn.Conv3d, top_k: int = 0
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, tuple]:
+    """`UNet3D.predict` on the features `x` (B,F,n,n,n) of any 1x1 head laid out as the
+    UNet's (species classes without the empty one, then occupancy): the VAE's species head
+    is read the same way."""
+    weight, bias = head.weight.flatten(1), head.bias  # (C+1, F), (C+1,)
+    occupancy_logit = torch.einsum("bf...,f->b...", x, weight[-1]) + bias[-1]
+    occupied = occupancy_logit > 0
+    # species logits only where an atom is: the 1x1 head is a matmul per voxel, and most
+    # voxels are empty (this is where sampling spent half its UNet time)
+    feats = x.movedim(1, -1)[occupied]  # (N_occupied, F)
+    logits = feats @ weight[1:-1].T + bias[1:-1]  # non-empty classes only
+    probs = torch.softmax(logits, dim=1)
+    p_best, idx = probs.max(dim=1)
+    labels = torch.zeros(occupied.shape, dtype=torch.long, device=x.device)
+    labels[occupied] = idx + 1
+    p_occ = torch.sigmoid(occupancy_logit)
+    confidence = 1 - p_occ
+    confidence[occupied] = p_best * p_occ[occupied]
+    if top_k <= 0:
+        return labels, confidence
+    k = min(top_k, probs.shape[1])
+    top_p, top_idx = probs.topk(k, dim=1)
+    classes = torch.zeros((*occupied.shape, k), dtype=torch.int16, device=x.device)
+    weights = torch.zeros((*occupied.shape, k), dtype=torch.float16, device=x.device)
+    classes[occupied] = (top_idx + 1).to(torch.int16)
+    weights[occupied] = top_p.to(torch.float16)
+    return labels, confidence, (classes, weights)
 
 
 def periodic_max(x: torch.Tensor, k: int) -> torch.Tensor:
