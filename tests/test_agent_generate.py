@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from pymatgen.core import Lattice, Structure
 
-from agent.components import Components, GeneratorSlot
+from agent.components import ComponentError, Components, GeneratorSlot
 from agent.config import CampaignConfig, GeneratorConfig
 from agent.loop import CampaignRunner
 from agent.store import Store
@@ -48,6 +49,30 @@ def test_voxel_deciles_draw_different_latents():
     latents = {tuple(np.round(c.provenance.latent, 4)) for c in candidates}
     assert len(candidates) == 8 and len(latents) == 8
     assert {c.provenance.condition["decile"] for c in candidates} == {0, 1}
+
+
+def test_voxel_options_choose_decoder_and_prior():
+    """The campaign's voxel options reach the sampler: the shipped model defaults to its
+    species head and the per-decile kde prior; `decoder`, `prior` and `bandwidth` override."""
+
+    def slot(options):
+        return GeneratorSlot(
+            GeneratorConfig.model_validate(
+                {"name": "voxel-vae", "candidates_per_cycle": 2, "options": options}
+            )
+        )
+
+    default = slot({}).sample(seed=3)
+    assert {c.provenance.extra["decoder"] for c in default} == {"vae"}
+    assert {c.provenance.condition["prior"] for c in default} == {"kde"}
+    assert all(c.provenance.extra["anchor"] for c in default)
+    paper = slot({"decoder": "unet", "prior": "fitted"}).sample(seed=3)
+    assert {c.provenance.extra["decoder"] for c in paper} == {"unet"}
+    assert {c.provenance.condition["prior"] for c in paper} == {"fitted"}
+    wide = slot({"bandwidth": 0.8}).sample(seed=3)
+    assert {c.provenance.condition["bandwidth"] for c in wide} == {0.8}
+    with pytest.raises(ComponentError, match="bandwidth applies to prior='kde' only"):
+        slot({"prior": "fitted", "bandwidth": 0.8}).sample(seed=3)
 
 
 def test_fingerprint_generator_in_a_campaign_stays_inside_its_chemical_space(crystalloop_home):
