@@ -48,7 +48,7 @@ def main() -> None:
         "decoders": {},
     }
     for decoder in decoders:
-        gen = VoxelGenerator.load(args.model, decoder=decoder)
+        gen = probe if decoder == "unet" else VoxelGenerator.load(args.model, decoder=decoder)
         start = time.perf_counter()
         figures, recon = reconstruction_figures("voxel", gen, held)
         same = [

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from pymatgen.core import Lattice, Structure
+from test_voxel_training import N, tiny_settings
 
 from generators.voxel.checkpoints import build_vae, load_checkpoint
 from generators.voxel.data_cache import load_voxel_data
@@ -17,28 +18,12 @@ from generators.voxel.train_vae import train_vae
 from generators.voxel.training_settings import GeneratorSettings
 from generators.voxel.vae import ConditionalVAE, VAEConfig, species_embedding, with_species_head
 
-N = 16
 QUIET = {"progress": False, "log": lambda m: None}
 
 
 def tiny(**kw) -> GeneratorSettings:
-    base = dict(
-        unet_channels=(4, 8),
-        unet_lr=1e-2,
-        unet_batch=5,
-        unet_epochs=2,
-        vae_channels=(4, 8, 8),
-        latent_dim=8,
-        vae_lr=3e-3,
-        vae_batch=5,
-        vae_epochs=1,
-        val_every=1000,
-        val_max=10,
-        threads=1,
-        val_fraction=0.2,
-        alpha=0.01,
-    )
-    return GeneratorSettings(**(base | kw))
+    """test_voxel_training's tiny models, with the perceptual term of the shipped runs."""
+    return tiny_settings(**({"alpha": 0.01, "unet_epochs": 2} | kw))
 
 
 @pytest.fixture(scope="module")

@@ -149,11 +149,11 @@ def register(app: typer.Typer) -> None:
         """Train the conditional DFC-VAE (needs the trained UNet for the perceptual loss).
 
         Example, the shipped model's last round: add the species head to a trained VAE and
-        continue it with batch norm frozen:
+        continue it with batch norm frozen (then again with --resume vae5.pt --lr 1e-4):
 
           crystalloop train vae --data ../shared/data/perov_5/val.csv.gz --out vae5.pt
-            --resume vae.pt --unet unet.pt --species-head --freeze-batchnorm --lr 1e-4
-            --batch 10 --alpha 0.01 --max-minutes 60
+            --resume vae.pt --unet unet.pt --species-head --freeze-batchnorm --lr 3e-4
+            --batch 10 --alpha 0.01 --max-minutes 48
         """
         from generators.voxel.train_vae import train_vae
 

@@ -83,8 +83,7 @@ def evaluate_reconstruction(
         sums["mse_density_voxel"] += float((recon[:, 0] - x[:, 0]).pow(2).mean(dim=(1, 2, 3)).sum())
         # UNet on the true density, and the generator's decoder (UNet or species head) on
         # the reconstruction
-        for name, grids in (("unet", x[:, :c]), ("pipeline", recon)):
-            seg = generator.segment(grids) if name == "unet" else recon_seg
+        for name, seg in (("unet", generator.segment(x[:, :c])), ("pipeline", recon_seg)):
             species, coords = seg.species, seg.coords
             nz = true_species > 0
             sums[f"{name}_hit"] += float((species[nz] == true_species[nz]).sum())

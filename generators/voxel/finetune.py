@@ -3,8 +3,9 @@
 Why: like the fingerprint generator (`generators.fingerprint.finetune`), the VAE proposes
 from what it learnt, and a campaign's relaxed crystals are the best evidence of where its
 chemistry is. The fine-tune trains the VAE a few hundred steps on batches that mix the new
-crystals with a replay of its own training crystals (the UNet, the species decoder, stays as
-it is: it reads densities, and the new crystals add few sites to its 3,400 crystals), re-fits
+crystals with a replay of its own training crystals (the UNet stays as it is: it reads
+densities, and the new crystals add few sites to its 3,400 crystals; a VAE's own species head,
+where it has one, trains with the rest), re-fits
 the latent prior on the enlarged training set, and is kept only if
 
 - its reconstruction of the model's own held-out crystals (summed density + coordinate MSE,

@@ -264,15 +264,9 @@ class VoxelGenerator:
         """UNet on (B,4,n,n,n) grids -> species Z, confidence, coordinates (B,n,n,n,3) in A,
         and the top classes per voxel when species are assigned jointly."""
         density = grids[:, :1].to(self.device)
-        top = None
-        if self.species == "charge-balanced":
-            labels, confidence, (classes, weights) = self.unet.predict(density, top_k=TOP_K)
-            top = (self.elements[classes.long().cpu().numpy()], weights.float().cpu().numpy())
-        else:
-            labels, confidence = self.unet.predict(density)
-        species = self.elements[labels.cpu().numpy()]
-        coords = (grids[:, 1:4] * self.coord_scale).permute(0, 2, 3, 4, 1).cpu().numpy()
-        return Segmentation(species, confidence.cpu().numpy(), coords, top)
+        return self._segmentation(
+            lambda top_k: self.unet.predict(density, top_k=top_k), self.elements, grids
+        )
 
     @torch.no_grad()
     def decode_segment(
@@ -284,17 +278,23 @@ class VoxelGenerator:
             grids = self.vae.decode(z, condition)
             return grids, self.segment(grids)
         grids, feats = self.vae.decode_species(z, condition)
+        head = self.vae.species_head
+        return grids, self._segmentation(
+            lambda top_k: classify_voxels(feats, head, top_k), self.head_elements, grids
+        )
+
+    def _segmentation(self, predict, elements: np.ndarray, grids: torch.Tensor) -> Segmentation:
+        """One classifier's output (`predict(top_k)`, `classify_voxels`'s layout) as Z grids,
+        with the top classes when species are assigned jointly."""
         top = None
         if self.species == "charge-balanced":
-            labels, confidence, (classes, weights) = classify_voxels(
-                feats, self.vae.species_head, TOP_K
-            )
-            top = (self.head_elements[classes.long().cpu().numpy()], weights.float().cpu().numpy())
+            labels, confidence, (classes, weights) = predict(TOP_K)
+            top = (elements[classes.long().cpu().numpy()], weights.float().cpu().numpy())
         else:
-            labels, confidence = classify_voxels(feats, self.vae.species_head)
-        species = self.head_elements[labels.cpu().numpy()]
+            labels, confidence = predict(0)
+        species = elements[labels.cpu().numpy()]
         coords = (grids[:, 1:4] * self.coord_scale).permute(0, 2, 3, 4, 1).cpu().numpy()
-        return grids, Segmentation(species, confidence.cpu().numpy(), coords, top)
+        return Segmentation(species, confidence.cpu().numpy(), coords, top)
 
     def decode_grids(self, grids: torch.Tensor) -> list[Generated]:
         """Segment and decode generated grids into crystals (one per grid)."""
